@@ -54,3 +54,79 @@ class VideoArguments:
             min_pixels=self.video_min_pixels,
             max_frames=self.video_max_frames,
         )
+
+
+@dataclass
+class EvalArguments(VideoArguments):
+    """Flags of ``evaluate.py`` / :func:`open_r1.evaluate.run_evaluation` (video flags inherited, same as training)."""
+
+    model_base: str | None = field(
+        default=None, metadata={"help": "Checkpoint folder (model + processor saved with save_pretrained) or hub id."}
+    )
+    dataset: str = field(
+        default="charades",
+        metadata={
+            "help": "Bundled dataset: charades, activitynet, charades_cd, charades_cg (label only with --annotation_file)."
+        },
+    )
+    split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split of --dataset (default: charades test, activitynet val_2, charades_cd test_ood, "
+            "charades_cg novel_composition)."
+        },
+    )
+    annotation_file: str | None = field(
+        default=None,
+        metadata={"help": "Custom annotation file (TimeZero json, TALL txt, ActivityNet json) instead of a split."},
+    )
+    video_dir: str | None = field(default=None, metadata={"help": "Folder of raw videos, decoded on the fly."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Preprocessing cache (python -m open_r1.preprocess); read before --video_dir."}
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where predictions.jsonl, metrics.json and the plot go (default: "
+            "outputs/eval/<model name>/<dataset>_<split>[_no_think])."
+        },
+    )
+    batch_size: int = field(default=8, metadata={"help": "Queries per generate() call on each process."})
+    max_new_tokens: int = field(default=1024, metadata={"help": "Generation budget per answer (thinking included)."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding (the paper: greedy)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (only with --do_sample)."})
+    seed: int = field(default=0, metadata={"help": "Random seed (sampling only)."})
+    no_think: bool = field(
+        default=False, metadata={"help": "Ask for the answer without reasoning (paper Table 3, 'Test CoT' off)."}
+    )
+    video_first: bool = field(default=False, metadata={"help": "Put the video before the question in the prompt."})
+    max_queries: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N queries of the split (smoke tests)."}
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel (default: flash_attention_2 on GPU when installed, else sdpa)."},
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Delete earlier predictions in --output_dir instead of resuming."}
+    )
+    num_plot_queries: int = field(default=12, metadata={"help": "Queries drawn as timelines in the plot."})
+    rescore: str | None = field(
+        default=None, metadata={"help": "Recompute metrics from this predictions.jsonl alone (no model) and exit."}
+    )
+
+    def __post_init__(self):
+        if self.rescore is None and self.model_base is None:
+            raise ValueError("give --model_base (a checkpoint to evaluate) or --rescore predictions.jsonl")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise ValueError(f"max_queries must be at least 1, got {self.max_queries}")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        self.to_settings()  # fails fast on impossible video settings
