@@ -1,0 +1,253 @@
+"""Model and processor loading, the tiny test model, and the one place where (conversation, video) becomes tensors.
+
+Training and evaluation both call :func:`encode_batch`, so the prompt tokens, the video patches and the time
+positions (``second_per_grid_ts``) the model sees at evaluation are exactly those it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoProcessor, BatchFeature, Qwen2_5_VLForConditionalGeneration
+from transformers.utils import is_flash_attn_2_available
+
+logger = logging.getLogger(__name__)
+
+# The real Qwen2.5-VL-7B-Instruct config, processor and tokenizer files (no weights), see assets/SOURCES.md.
+ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "qwen2_5_vl_7b_instruct"
+
+# Tokens a grounding answer never contains. A random (or badly drifted) policy can sample them, and a sampled
+# `<|video_pad|>` would make the next forward pass look for a video that is not there.
+VISION_TOKENS = (
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def default_attn_implementation() -> str:
+    """flash_attention_2 on CUDA when it is installed (the paper's setting), else PyTorch's sdpa."""
+    if torch.cuda.is_available() and is_flash_attn_2_available():
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def default_dtype() -> torch.dtype:
+    """bf16 on CUDA (the paper trains in bf16); fp32 on CPU, where bf16 matmuls are slow and imprecise."""
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def load_processor(path: str | Path = ASSETS_DIR):
+    """Load the Qwen2.5-VL processor (tokenizer + video processor + chat template) saved at ``path``."""
+    processor = AutoProcessor.from_pretrained(str(path))
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_model(
+    path: str | Path,
+    attn_implementation: str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> Qwen2_5_VLForConditionalGeneration:
+    """Load a Qwen2.5-VL checkpoint with the attention kernel and dtype suited to the current machine."""
+    if isinstance(dtype, str) and dtype not in ("auto",):
+        dtype = getattr(torch, dtype)
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        str(path),
+        attn_implementation=attn_implementation or default_attn_implementation(),
+        dtype=dtype or default_dtype(),
+    )
+
+
+def vision_token_ids(tokenizer) -> list[int]:
+    """Ids of the vision placeholder tokens, to suppress during generation."""
+    return [tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS]
+
+
+def _small_vocab_tokenizer(tokenizer, num_base_tokens: int):
+    """A copy of the Qwen tokenizer restricted to its first ``num_base_tokens`` BPE entries plus every special token.
+
+    The first 256 entries are the byte alphabet, so any text (``<think>``, ``<answer>``, numbers) still encodes;
+    only the long merges are dropped. Special tokens keep their text and get new ids right after the base vocabulary.
+    """
+    from tokenizers import Tokenizer
+    from transformers import Qwen2Tokenizer
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = {tok: idx for tok, idx in spec["model"]["vocab"].items() if idx < num_base_tokens}
+    spec["model"]["vocab"] = vocab
+    spec["model"]["merges"] = [
+        [a, b] for a, b in spec["model"]["merges"] if a in vocab and b in vocab and a + b in vocab
+    ]
+    for offset, added in enumerate(sorted(spec["added_tokens"], key=lambda t: t["id"])):
+        added["id"] = num_base_tokens + offset
+    backend = Tokenizer.from_str(json.dumps(spec))
+    small = Qwen2Tokenizer(
+        tokenizer_object=backend,
+        eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token,
+        unk_token=None,
+        bos_token=None,
+        errors="replace",
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
+    )
+    small.chat_template = tokenizer.chat_template
+    small.padding_side = "left"
+    return small
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    small_vocab: bool = True,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vision_hidden_size: int = 32,
+    vision_depth: int = 2,
+    num_base_tokens: int = 2048,
+) -> Path:
+    """Save a tiny random Qwen2.5-VL built from the real 7B config, with its processor, to ``out_dir``.
+
+    Everything that matters for video grounding is kept from the real config: the vision tower's patch size (14),
+    spatial merge (2), temporal patch (2) and tokens_per_second, the 3-D mrope (sections rescaled to the smaller head
+    dimension), the chat template and the special tokens. Only widths, depths and optionally the vocabulary shrink.
+    ``small_vocab=True`` keeps 2k BPE entries instead of 152k; with 152k the output layer alone costs ~10 s per
+    GRPO step on CPU. The saved directory loads with :func:`load_model` / :func:`load_processor`, which is what
+    TRL needs to rebuild the reference model when ``beta > 0``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor = load_processor(ASSETS_DIR)
+    if small_vocab:
+        processor.tokenizer = _small_vocab_tokenizer(processor.tokenizer, num_base_tokens)
+    tokenizer = processor.tokenizer
+
+    config = AutoConfig.from_pretrained(str(ASSETS_DIR))
+    num_heads = 4
+    head_dim = hidden_size // num_heads
+    # mrope splits the rotary half-dimension into (time, height, width) sections; keep the real 16:24:24 ratio.
+    half = head_dim // 2
+    t_sec = max(1, round(half * 16 / 64))
+    h_sec = (half - t_sec) // 2
+    mrope_section = [t_sec, h_sec, half - t_sec - h_sec]
+
+    text = config.text_config
+    text.hidden_size = hidden_size
+    text.intermediate_size = 2 * hidden_size
+    text.num_hidden_layers = num_layers
+    text.max_window_layers = num_layers
+    text.layer_types = ["full_attention"] * num_layers
+    text.num_attention_heads = num_heads
+    text.num_key_value_heads = 2
+    text.rope_parameters = {**text.rope_parameters, "mrope_section": mrope_section}
+    text.dtype = "float32"
+
+    vision = config.vision_config
+    vision.depth = vision_depth
+    vision.hidden_size = vision_hidden_size
+    vision.intermediate_size = 2 * vision_hidden_size
+    vision.num_heads = 2
+    vision.out_hidden_size = hidden_size
+    vision.fullatt_block_indexes = [vision_depth - 1]
+
+    token_ids = {
+        "image_token_id": "<|image_pad|>",
+        "video_token_id": "<|video_pad|>",
+        "vision_start_token_id": "<|vision_start|>",
+        "vision_end_token_id": "<|vision_end|>",
+        "vision_token_id": "<|vision_pad|>",
+    }
+    for key, token in token_ids.items():
+        setattr(config, key, tokenizer.convert_tokens_to_ids(token))
+    text.bos_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    text.pad_token_id = tokenizer.pad_token_id
+    # Round up like the real model (152064 > 151665 tokens) so the embedding has spare rows.
+    text.vocab_size = -(-len(tokenizer) // 64) * 64
+    config.dtype = "float32"
+
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
+    model.generation_config.bos_token_id = text.bos_token_id
+    model.generation_config.eos_token_id = [text.eos_token_id, text.bos_token_id]
+    model.generation_config.pad_token_id = text.pad_token_id
+    model.save_pretrained(str(out_dir))
+    processor.save_pretrained(str(out_dir))
+    logger.info(
+        "tiny Qwen2.5-VL (%d parameters, vocab %d) saved to %s", model.num_parameters(), len(tokenizer), out_dir
+    )
+    return out_dir
+
+
+def video_metadata(clip) -> dict:
+    """Metadata telling the processor the frames are already sampled at ``clip.sample_fps``.
+
+    The processor derives ``second_per_grid_ts = temporal_patch_size / sampled_fps`` from this. Without it, it
+    assumes 24 fps (1/12 s per grid step instead of 1 s at 2 fps) and the model's time positions shrink 12x.
+    """
+    num_frames = int(clip.frames.shape[0])
+    return {
+        "fps": float(clip.sample_fps),
+        "total_num_frames": num_frames,
+        "frames_indices": list(range(num_frames)),
+        "duration": num_frames / float(clip.sample_fps),
+    }
+
+
+def encode_batch(
+    processor,
+    conversations: Sequence[list[dict]],
+    clips: Sequence,
+    padding_side: str = "left",
+    add_generation_prompt: bool = True,
+) -> BatchFeature:
+    """Render chat conversations with one video each and turn them into model inputs.
+
+    Args:
+        processor: a Qwen2.5-VL processor (:func:`load_processor`).
+        conversations: one chat per sample, each with exactly one ``{"type": "video"}`` content item.
+        clips: one :class:`open_r1.video.VideoClip` per sample (uint8 frames ``(T, C, H, W)`` already sampled and
+            resized by the preprocessing rules, plus ``sample_fps``).
+        padding_side: ``"left"`` for generation.
+        add_generation_prompt: end with the assistant header so the model continues with its answer.
+
+    Returns:
+        A ``BatchFeature`` with ``input_ids``, ``attention_mask``, ``pixel_values_videos``, ``video_grid_thw``,
+        ``second_per_grid_ts`` and ``mm_token_type_ids`` (1 on image tokens, 2 on video tokens). The processor
+        neither resizes nor resamples the frames: the clip's frames are the model's frames.
+    """
+    if len(conversations) != len(clips):
+        raise ValueError(f"got {len(conversations)} conversations but {len(clips)} clips")
+    texts = [
+        processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=add_generation_prompt)
+        for conv in conversations
+    ]
+    for text in texts:
+        if text.count(processor.video_token) != 1:
+            raise ValueError("each conversation needs exactly one video item")
+    factor = processor.video_processor.patch_size * processor.video_processor.merge_size
+    for clip in clips:
+        height, width = clip.frames.shape[-2:]
+        if clip.frames.dtype != torch.uint8 or height % factor or width % factor:
+            raise ValueError(
+                f"clip frames must be uint8 with height and width multiples of {factor} (resized by open_r1.video), "
+                f"got {tuple(clip.frames.shape)} {clip.frames.dtype}"
+            )
+    return processor(
+        text=texts,
+        videos=[clip.frames for clip in clips],
+        video_metadata=[video_metadata(clip) for clip in clips],
+        do_sample_frames=False,
+        do_resize=False,
+        cap_pixels_per_frame=False,  # only matters when resizing, which preprocessing already did
+        padding=True,
+        padding_side=padding_side,
+        return_tensors="pt",
+    )
