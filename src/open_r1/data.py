@@ -40,7 +40,7 @@ Bundled splits are addressed by name, with paths resolved inside the installed p
 
     >>> rows = load_split("charades", "test")
     >>> len(rows), rows[0]["query"]
-    (3720, 'a person is putting a book on a shelf')
+    (3720, 'person turn a light on')
 """
 
 from __future__ import annotations
