@@ -209,6 +209,8 @@ GOOD = {"duration": 10.0, "timestamps": [[1.0, 2.0]], "sentences": ["a"]}
         ("nosent.json", {"bad": {"duration": 3, "timestamps": [[0, 1]]}}, "missing key(s) ['sentences']"),
         ("len.json", {"bad": {**GOOD, "sentences": ["a", "b"]}}, "record 'bad': 1 timestamps but 2 sentences"),
         ("nan.json", {"bad": {**GOOD, "timestamps": [["x", 2]]}}, "record 'bad', query 0: start must be a number"),
+        ("str.json", {"bad": {**GOOD, "timestamps": [["1.0", 2]]}}, "start must be a number, got '1.0'"),
+        ("lines.json", json.dumps({"a": GOOD}) + "\n" + json.dumps({"b": GOOD}), "JSON Lines files are not supported"),
         ("inf.json", {"bad": {**GOOD, "timestamps": [[0, float("inf")]]}}, "end must be finite"),
         ("pair.json", {"bad": {**GOOD, "timestamps": [[1, 2, 3]]}}, "a timestamp must be [start, end]"),
         ("dur.json", {"bad": {**GOOD, "duration": "long"}}, "record 'bad': duration must be a number"),

@@ -160,9 +160,11 @@ def _fail(path: Path, where: str, message: str) -> ValueError:
     return ValueError(f"{path}: {where}: {message}")
 
 
-def _number(value: Any, path: Path, where: str, what: str) -> float:
+def _number(value: Any, path: Path, where: str, what: str, text: bool = False) -> float:
+    """A finite float; strings are accepted only from text formats (``text=True``: TALL txt, CSV)."""
     # bool is an int subclass; `true` as a timestamp is a broken file, not 1.0.
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    allowed = (int, float, str) if text else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed):
         raise _fail(path, where, f"{what} must be a number, got {value!r}")
     try:
         number = float(value)
@@ -211,7 +213,7 @@ def read_durations_csv(paths: str | Path | Iterable[str | Path]) -> dict[str, fl
                 raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; need 'id' and 'length'")
             for line_no, record in enumerate(reader, start=2):
                 where = f"line {line_no} (video {record['id']!r})"
-                durations[record["id"]] = _number(record["length"], csv_path, where, "length")
+                durations[record["id"]] = _number(record["length"], csv_path, where, "length", text=True)
     return durations
 
 
@@ -220,7 +222,8 @@ def _json_records(path: Path, text: str) -> tuple[str, list[tuple[str, float, li
     try:
         data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON: {error}") from None
+        hint = " (JSON Lines files are not supported)" if error.msg == "Extra data" else ""
+        raise ValueError(f"{path}: invalid JSON{hint}: {error}") from None
     except ValueError as error:  # duplicate key
         raise ValueError(f"{path}: {error}") from None
     if not isinstance(data, dict):
@@ -273,7 +276,7 @@ def _tall_records(
         if match is None:
             raise _fail(path, f"line {line_no}", f"expected 'VID START END##sentence', got {line!r:.100}")
         where = f"line {line_no} (video {match['vid']!r})"
-        window = [_number(match["start"], path, where, "start"), _number(match["end"], path, where, "end")]
+        window = [_number(match[key], path, where, key, text=True) for key in ("start", "end")]
         if match["vid"] not in durations:
             raise _fail(path, where, "video not found in the durations CSV (Charades v1 'length' column)")
         timestamps, sentences = grouped.setdefault(match["vid"], ([], []))
