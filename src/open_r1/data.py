@@ -15,7 +15,8 @@ txt and the TimeZero JSON of Charades-STA give identical ids), ``query`` is :fun
 (the text exactly as in the file), and ``windows`` lists every ground-truth window (usually one; ``start``/``end``
 are the first one).
 
-Anomaly policy (each case is counted in :class:`AnnotationStats` and in one log line per file, never silent):
+Anomaly policy (each case is counted in one log line per file and in the :class:`AnnotationStats` returned with
+``return_stats=True``, whose ``anomalies`` lists the query ids concerned; never silent):
 
 - **Reversed segment** (start > end; 4 in Charades-STA train, 2 in ActivityNet train): start and end are swapped.
   This is the repair PDVC's ``train_modified.json`` applies to the two ActivityNet ones, and Charades-CD test-ood
@@ -23,7 +24,7 @@ Anomaly policy (each case is counted in :class:`AnnotationStats` and in one log 
   after the swap (counted again below).
 - **Zero-length segment** (start == end; 2 in ActivityNet train): kept by :func:`load_annotations`. A zero-length
   ground truth has IoU 0 with every prediction, so in GRPO all completions of that prompt get the same IoU reward
-  and the group teaches nothing; :func:`load_split` therefore drops them from training splits. Evaluation splits
+  and it carries no grounding signal; :func:`load_split` therefore drops them from training splits. Evaluation splits
   never lose a query (the official query counts are the denominators of every published number).
 - **Ground-truth end beyond the duration** (Charades-STA: 1,789 train / 562 test queries, up to 1.5 s): kept as is.
   Clipping would change the official numbers (27 Charades-STA test queries could no longer reach IoU 0.7).
