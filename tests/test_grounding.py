@@ -9,7 +9,9 @@ import pytest
 import open_r1.grounding
 from open_r1.grounding import parse_span, parse_span_with_rule, temporal_iou
 
-PAPER_ANSWER = "<think>The person opens the door ... <timestep>5.0s to 11.6s</timestep></think><answer>5.0s to 11.6s</answer>"
+PAPER_ANSWER = (
+    "<think>The person opens the door ... <timestep>5.0s to 11.6s</timestep></think><answer>5.0s to 11.6s</answer>"
+)
 
 
 @pytest.mark.parametrize(
