@@ -424,6 +424,7 @@ class VideoCache:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             save_file({"frames": clip.frames.contiguous()}, str(tmp), metadata=clip_metadata(video_id, clip, settings))
+            os.chmod(tmp, 0o644)  # safetensors creates owner-only files; a shared cache must be readable by others
             os.replace(tmp, path)
         finally:
             if tmp.exists():

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Decode every video once into the frame cache read by training and evaluation.
+# Works from any directory; every argument is passed to `python -m open_r1.preprocess` (see --help).
+#   bash preprocess_video.sh charades --video_dir /data/Charades_v1 --output_dir cache/charades --num_workers 8
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export PYTHONPATH="${ROOT}/src${PYTHONPATH:+:${PYTHONPATH}}"
+exec "${PYTHON:-python}" -m open_r1.preprocess "$@"

@@ -1,0 +1,421 @@
+"""Decode every video of a dataset once into the frame cache that training and evaluation read.
+
+Usage (``bash preprocess_video.sh`` passes its arguments here)::
+
+    python -m open_r1.preprocess charades --video_dir /data/Charades_v1 --output_dir cache/charades
+    python -m open_r1.preprocess my_annotations.json --video_dir videos --output_dir cache --num_workers 8
+
+Sources are bundled dataset names (``charades``, ``activitynet:val_2``, ...; a name alone means all its splits) or
+annotation files in any format :func:`open_r1.data.load_annotations` reads; with no source, every video file in
+``--video_dir`` is processed. One ``<video_id>.safetensors`` per video (see :class:`open_r1.video.VideoCache`) and a
+``manifest.jsonl`` land in ``--output_dir``. Reruns resume: complete entries made with the same settings are skipped,
+damaged ones or ones made with other settings are redone. Failures (missing, empty, corrupt, undecodable files) are
+recorded with their reason and do not stop the run; the exit status is 1 when more than ``--max_failures`` occurred.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from open_r1.configs import DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_PIXELS, DEFAULT_TOTAL_PIXELS, VideoSettings
+from open_r1.video import DECODERS, VideoCache, VideoDecodeError, decode_video, settings_key
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Which videos
+
+
+def parse_int_expression(text) -> int:
+    """``"3584*28*28"`` -> 2809856. Accepts a product of positive integers (what the paper writes), nothing else."""
+    if isinstance(text, int):
+        return text
+    factors = str(text).replace(" ", "").split("*")
+    if not all(factor.isdigit() for factor in factors):
+        raise argparse.ArgumentTypeError(f"expected an integer or a product like 3584*28*28, got {text!r}")
+    value = 1
+    for factor in factors:
+        value *= int(factor)
+    return value
+
+
+def video_ids_from_sources(sources: list[str]) -> list[str]:
+    """Unique video ids (first-seen order) of bundled dataset names / ``name:split`` / annotation file paths."""
+    from open_r1.data import DATASETS, load_annotations, split_path
+
+    ids: dict[str, None] = {}
+    for source in sources:
+        if Path(source).is_file():
+            paths = [Path(source)]
+        else:
+            name, _, split = source.partition(":")
+            if name not in DATASETS:
+                raise ValueError(
+                    f"{source!r} is neither an annotation file nor a dataset; datasets: {', '.join(sorted(DATASETS))}"
+                )
+            splits = [split] if split else list(DATASETS[name])
+            paths = [split_path(name, one) for one in splits]
+        for path in paths:
+            for row in load_annotations(path):
+                ids.setdefault(row["video_id"], None)
+    return list(ids)
+
+
+def video_ids_in_folder(video_dir) -> list[str]:
+    from open_r1.data import VIDEO_EXTENSIONS
+
+    return sorted(path.stem for path in Path(video_dir).iterdir() if path.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Manifest
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_manifest(output_dir) -> dict[str, dict]:
+    """Latest ``entry`` or ``failure`` record per video id (a torn last line from a killed run is ignored)."""
+    path = Path(output_dir) / MANIFEST_NAME
+    latest: dict[str, dict] = {}
+    if not path.is_file():
+        return latest
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("type") in ("entry", "failure"):
+            latest[record["video_id"]] = record
+    return latest
+
+
+def _entry_record(video_id: str, cache: VideoCache, source, seconds: float, **extra) -> dict:
+    from safetensors import safe_open
+
+    path = cache.path(video_id)
+    with safe_open(path, framework="pt") as handle:
+        meta = handle.metadata()
+        shape = handle.get_slice("frames").get_shape()
+    return {
+        "type": "entry",
+        "video_id": video_id,
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "num_frames": shape[0],
+        "height": shape[2],
+        "width": shape[3],
+        "sample_fps": float(meta["sample_fps"]),
+        "duration": float(meta["duration"]),
+        "decoder": meta["decoder"],
+        "fallback_reason": meta.get("fallback_reason", ""),
+        "source": str(source) if source is not None else None,
+        "seconds": round(seconds, 3),
+        "time": _now(),
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Work
+
+
+@dataclass
+class _Task:
+    video_id: str
+    source: str | None
+    redo_reason: str = ""
+
+
+@dataclass
+class PreprocessSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    redone: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def videos_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        return (
+            f"done {self.done} (redone {self.redone}), skipped {self.skipped} (already cached), failed {self.failed}; "
+            f"{self.bytes_written / 2**20:.1f} MiB written in {self.seconds:.1f} s "
+            f"({self.videos_per_second:.2f} videos/s)"
+        )
+
+
+def _worker_init():
+    import torch
+
+    # Parallelism comes from the processes; threads inside each would only fight over the cores.
+    torch.set_num_threads(1)
+
+
+def _process(task: _Task, output_dir: str, settings: VideoSettings, decoder: str, num_threads: int) -> dict:
+    """Decode one video and write its entry. Runs in a worker; returns a manifest record, never raises."""
+    started = time.perf_counter()
+    cache = VideoCache(output_dir)
+    if task.source is None:
+        return {
+            "type": "failure",
+            "video_id": task.video_id,
+            "source": None,
+            "reason": "video file not found in --video_dir",
+        }
+    try:
+        clip = decode_video(task.source, settings, decoder=decoder, num_threads=num_threads)
+        cache.save(task.video_id, clip, settings)
+        extra = {"redone_because": task.redo_reason} if task.redo_reason else {}
+        return _entry_record(task.video_id, cache, task.source, time.perf_counter() - started, **extra)
+    except VideoDecodeError as error:
+        reason = str(error)
+    except Exception as error:  # a bug or an unexpected decoder error must not stop the whole run
+        reason = f"{type(error).__name__}: {error}"
+    return {"type": "failure", "video_id": task.video_id, "source": task.source, "reason": reason}
+
+
+def _run_isolated(task: _Task, run_args: tuple) -> dict:
+    """Retry a task in its own process so a decoder crash is pinned on the video that caused it."""
+    with ProcessPoolExecutor(max_workers=1, initializer=_worker_init) as pool:
+        try:
+            return pool.submit(_process, task, *run_args).result()
+        except BrokenProcessPool:
+            return {
+                "type": "failure",
+                "video_id": task.video_id,
+                "source": task.source,
+                "reason": "the decoder crashed the worker process (e.g. a segfault in decord)",
+            }
+
+
+def _run_parallel(tasks: list[_Task], run_args: tuple, num_workers: int):
+    """Yield one record per task, ``num_workers`` at a time; survives worker crashes."""
+    queue = list(reversed(tasks))
+    while queue:
+        pool = ProcessPoolExecutor(max_workers=num_workers, initializer=_worker_init)
+        running: dict = {}
+        crashed: list[_Task] = []
+        try:
+            while queue or running:
+                while queue and len(running) < num_workers:
+                    task = queue.pop()
+                    running[pool.submit(_process, task, *run_args)] = task
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task = running.pop(future)
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool:
+                        crashed.append(task)
+                if crashed:
+                    crashed.extend(running.values())
+                    running.clear()
+                    break
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if crashed:
+            logger.warning("a worker process died; retrying %d in-flight video(s) one by one", len(crashed))
+            for task in crashed:
+                yield _run_isolated(task, run_args)
+
+
+def preprocess_videos(
+    videos: dict[str, str | Path | None],
+    output_dir,
+    settings: VideoSettings = VideoSettings(),  # noqa: B008 (frozen dataclass)
+    decoder: str = "decord",
+    num_workers: int = 1,
+    progress: bool = True,
+) -> PreprocessSummary:
+    """Fill the cache in ``output_dir`` for ``videos`` (video id -> file, None when the file is missing).
+
+    Complete entries made with ``settings`` are skipped; damaged or mismatched ones are redone. Every entry and
+    every failure is appended to ``manifest.jsonl``.
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cache = VideoCache(output_dir)
+    # Temporary files are only ever left by a killed run: they are never read, only removed.
+    for stale in output_dir.glob(".*.safetensors.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+    manifest = read_manifest(output_dir)
+    summary = PreprocessSummary()
+    tasks: list[_Task] = []
+    recovered: list[dict] = []
+    for video_id, source in videos.items():
+        problem = cache.problem(video_id, settings)
+        if problem is None:
+            summary.skipped += 1
+            if manifest.get(video_id, {}).get("type") != "entry":
+                # Written by a run killed before it could log it: record it now so the manifest lists every entry.
+                recovered.append(_entry_record(video_id, cache, source, 0.0, recovered=True))
+            continue
+        redo = "" if problem == "no cache entry" else problem
+        tasks.append(_Task(video_id, str(source) if source is not None else None, redo))
+
+    missing = sum(task.source is None for task in tasks)
+    logger.info(
+        "%d videos: %d already cached, %d to process (%d files missing) with %s, %d worker(s); settings %s",
+        len(videos),
+        summary.skipped,
+        len(tasks),
+        missing,
+        decoder,
+        num_workers,
+        settings_key(settings),
+    )
+    # One decoding thread per worker when several run side by side; decord's own default when alone.
+    run_args = (str(output_dir), settings, decoder, 1 if num_workers > 1 else 0)
+    with open(output_dir / MANIFEST_NAME, "a") as manifest_file:
+
+        def log(record: dict) -> None:
+            manifest_file.write(json.dumps(record) + "\n")
+            manifest_file.flush()
+
+        for record in recovered:
+            log(record)
+        if num_workers > 1 and len(tasks) > 1:
+            results = _run_parallel(tasks, run_args, num_workers)
+        else:
+            results = (_process(task, *run_args) for task in tasks)
+        for record in tqdm(results, total=len(tasks), desc="videos", unit="video", disable=not progress):
+            if record["type"] == "failure":
+                record["time"] = _now()
+                summary.failed += 1
+                summary.failures.append((record["video_id"], record["reason"]))
+                logger.warning("failed %s: %s", record["video_id"], record["reason"])
+            else:
+                summary.done += 1
+                summary.redone += bool(record.get("redone_because"))
+                summary.bytes_written += record["bytes"]
+                if record["fallback_reason"]:
+                    logger.info("%s: decord failed, used PyAV (%s)", record["video_id"], record["fallback_reason"])
+            log(record)
+        summary.seconds = time.perf_counter() - started
+        log(
+            {
+                "type": "run",
+                "time": _now(),
+                "done": summary.done,
+                "redone": summary.redone,
+                "skipped": summary.skipped,
+                "failed": summary.failed,
+                "bytes_written": summary.bytes_written,
+                "seconds": round(summary.seconds, 3),
+                "videos_per_second": round(summary.videos_per_second, 4),
+                "decoder": decoder,
+                "num_workers": num_workers,
+                "settings": settings_key(settings),
+            }
+        )
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m open_r1.preprocess",
+        description="Decode each video once (qwen-vl-utils sampling and resizing) into a resumable safetensors cache.",
+    )
+    parser.add_argument(
+        "sources",
+        nargs="*",
+        help="Dataset names (charades, activitynet:val_2, ...; a bare name means every split) or annotation files. "
+        "None: every video file in --video_dir.",
+    )
+    parser.add_argument(
+        "--video_dir", required=True, help="Folder holding the raw videos (<video_id>.mp4, .webm, ...)."
+    )
+    parser.add_argument("--output_dir", required=True, help="Cache folder: <video_id>.safetensors + manifest.jsonl.")
+    parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="Frames sampled per second of video.")
+    parser.add_argument(
+        "--total_pixels",
+        type=parse_int_expression,
+        default=DEFAULT_TOTAL_PIXELS,
+        help="Pixel budget for all frames of one video; products such as 3584*28*28 are accepted.",
+    )
+    parser.add_argument(
+        "--min_pixels", type=parse_int_expression, default=DEFAULT_MIN_PIXELS, help="Minimum pixels per frame."
+    )
+    parser.add_argument("--max_frames", type=int, default=DEFAULT_MAX_FRAMES, help="Upper bound on sampled frames.")
+    parser.add_argument(
+        "--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="Decoding processes (1: in this process)."
+    )
+    parser.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="decord",
+        help="decord (the paper's; falls back to PyAV per file) or pyav.",
+    )
+    parser.add_argument(
+        "--max_failures", type=int, default=0, help="Failures tolerated before the exit status becomes non-zero."
+    )
+    parser.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = VideoSettings(
+        fps=args.fps, total_pixels=args.total_pixels, min_pixels=args.min_pixels, max_frames=args.max_frames
+    )
+    from open_r1.data import find_video
+
+    if not Path(args.video_dir).is_dir():
+        logger.error("--video_dir %s is not a folder", args.video_dir)
+        return 2
+    video_ids = video_ids_from_sources(args.sources) if args.sources else video_ids_in_folder(args.video_dir)
+    videos = {video_id: find_video(args.video_dir, video_id) for video_id in video_ids}
+    summary = preprocess_videos(
+        videos,
+        args.output_dir,
+        settings,
+        decoder=args.decoder,
+        num_workers=max(1, args.num_workers),
+        progress=not args.no_progress,
+    )
+    logger.info("Summary: %s", summary.describe())
+    logger.info("Cache: %s (manifest: %s)", args.output_dir, Path(args.output_dir) / MANIFEST_NAME)
+    if summary.failed > args.max_failures:
+        shown = "; ".join(f"{video_id}: {reason}" for video_id, reason in summary.failures[:5])
+        logger.error(
+            "%d failures exceed --max_failures %d (first: %s). See the manifest for all of them.",
+            summary.failed,
+            args.max_failures,
+            shown,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
