@@ -121,6 +121,8 @@ class EvalArguments(VideoArguments):
     def __post_init__(self):
         if self.rescore is None and self.model_base is None:
             raise ValueError("give --model_base (a checkpoint to evaluate) or --rescore predictions.jsonl")
+        if self.rescore is None and self.cache_dir is None and self.video_dir is None:
+            raise ValueError("give --video_dir (raw videos) and/or --cache_dir (preprocessed videos)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.max_new_tokens < 1:
