@@ -24,7 +24,7 @@ SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     [
         "a person opens the door",  # already normalised
         "A person opens the door.",  # as written in the Charades-STA annotations
-        "  a person   opens the door. ",  # stray whitespace (ActivityNet style)
+        " a person opens the door.",  # leading space (ActivityNet style)
     ],
 )
 def test_question_is_the_paper_wording(query):

@@ -104,15 +104,16 @@ _EPS = 1e-6
 def normalize_query(text: str) -> str:
     """Normalise a query as TimeZero's training did: strip, lower-case, drop one final ``'.'``.
 
-    Inner runs of whitespace are also collapsed to one space. Training and evaluation both call this function, so
-    the model is tested on the text it was trained on (the original evaluation fed the raw sentence instead).
+    Inner whitespace is left as it is, exactly as in the paper's training code, so the released checkpoints see the
+    text they were trained on. Training and evaluation both call this function (the original evaluation fed the raw
+    sentence instead).
 
     >>> normalize_query("  A person opens the door.")
     'a person opens the door'
     """
-    text = _WHITESPACE.sub(" ", text).strip().lower()
+    text = text.strip().lower()
     if text.endswith("."):
-        text = text[:-1].rstrip()
+        text = text[:-1]
     return text
 
 
