@@ -40,7 +40,8 @@ class VideoArguments:
 
     video_fps: float = field(default=DEFAULT_FPS, metadata={"help": "Frames sampled per second of video."})
     video_total_pixels: int = field(
-        default=DEFAULT_TOTAL_PIXELS, metadata={"help": "Pixel budget for all frames of one video (paper: 3584*28*28)."}
+        default=DEFAULT_TOTAL_PIXELS,
+        metadata={"help": "Pixel budget for all frames of one video (paper: 3584*28*28)."},
     )
     video_min_pixels: int = field(
         default=DEFAULT_MIN_PIXELS, metadata={"help": "Minimum pixels per frame (paper: 16*28*28)."}
