@@ -606,7 +606,7 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch) -> dict[str, 
         generate = _Generator(args, device)
         source = VideoSource(args.to_settings(), cache_dir=args.cache_dir, video_dir=args.video_dir)
         batches = [mine[i : i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
-        hits = 0
+        hits = scored = 0
         # Decode the next batch's videos in a thread while the model generates the current one.
         with ThreadPoolExecutor(max_workers=1) as pool, own_file.open("a", encoding="utf-8") as out:
             pending = pool.submit(_load_clips, source, batches[0])
@@ -619,8 +619,9 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch) -> dict[str, 
                     out.write(json.dumps(record) + "\n")
                     out.flush()
                     hits += record_iou(record) >= 0.5 - IOU_TIE_EPS
+                    scored += 1
                 progress.update(len(batch))
-                progress.set_postfix({"R1@0.5": f"{100 * hits / progress.n:.1f}"})
+                progress.set_postfix({"R1@0.5": f"{100 * hits / scored:.1f}"})
             progress.close()
 
     _barrier()

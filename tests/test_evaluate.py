@@ -1,0 +1,271 @@
+"""The evaluation loop end to end: tiny Qwen2.5-VL on synthetic mp4 videos, on CPU.
+
+The fixture split has 8 queries: 6 on decodable synthetic videos, one on a video that does not exist and one on a
+file that is not a video, so every failure kind that does not need a model shows up in the denominators.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from open_r1 import evaluate as ev
+from open_r1.configs import EvalArguments
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_VIDEO = {"video_fps": 1.0, "video_total_pixels": 8 * 28 * 28 * 4, "video_min_pixels": 28 * 28}
+NUM_QUERIES = 8
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from open_r1.modeling import build_tiny_model
+    from open_r1.synthetic import make_grounding_dataset
+
+    root = tmp_path_factory.mktemp("eval")
+    annotation, video_dir = make_grounding_dataset(root / "data", num_videos=3, seed=0, events_per_video=2)
+    data = json.loads(Path(annotation).read_text())
+    data["ghost"] = {"duration": 8.0, "timestamps": [[1.0, 3.0]], "sentences": ["the red square appears."]}
+    data["broken"] = {"duration": 8.0, "timestamps": [[2.0, 4.0]], "sentences": ["the blue circle appears."]}
+    (Path(video_dir) / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    annotation = root / "data" / "with_failures.json"
+    annotation.write_text(json.dumps(data))
+    model = build_tiny_model(root / "model")
+    return {"root": root, "annotation": str(annotation), "video_dir": str(video_dir), "model": str(model)}
+
+
+def make_args(setup, name, **overrides):
+    kwargs = {
+        "model_base": setup["model"],
+        "annotation_file": setup["annotation"],
+        "video_dir": setup["video_dir"],
+        "output_dir": str(setup["root"] / name),
+        "batch_size": 4,
+        "max_new_tokens": 16,
+        **TINY_VIDEO,
+    }
+    kwargs.update(overrides)
+    return EvalArguments(**kwargs)
+
+
+def lines(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def without_paths(metrics):
+    return {k: v for k, v in metrics.items() if k != "output_dir"}
+
+
+@pytest.fixture(scope="module")
+def full_run(setup):
+    metrics = ev.run_evaluation(make_args(setup, "full"))
+    return metrics, Path(metrics["output_dir"])
+
+
+def test_end_to_end_tiny_model(full_run):
+    metrics, out = full_run
+    assert metrics["num_queries"] == NUM_QUERIES
+    assert metrics["failures"]["missing_video"] == 1
+    assert metrics["failures"]["decode_error"] == 1
+    # A random tiny model writes no span: the 6 real queries fail to parse and all 8 stay in the denominator.
+    assert metrics["failures"]["no_answer"] == 6 and metrics["num_failed"] == 8
+    assert metrics["R1@0.3"] == 0.0 and metrics["mIoU"] == 0.0
+    records = lines(out / "predictions.jsonl")
+    assert len(records) == NUM_QUERIES and len({r["query_id"] for r in records}) == NUM_QUERIES
+    keys = {"video_id", "query_id", "query", "duration", "gt", "output", "pred", "iou", "rule", "error"}
+    assert all(keys <= set(r) for r in records)
+    by_id = {r["query_id"]: r for r in records}
+    assert by_id["ghost#0"]["error"] == "missing_video" and by_id["ghost#0"]["output"] is None
+    assert by_id["broken#0"]["error"] == "decode_error" and by_id["broken#0"]["gt"] == [[2.0, 4.0]]
+    assert all(isinstance(by_id[f"synth_00{v}#{k}"]["output"], str) for v in range(3) for k in range(2))
+    assert without_paths(metrics) == json.loads((out / "metrics.json").read_text())
+    assert (out / "eval_plot.png").stat().st_size > 10_000
+    # Rescoring the file reproduces the run's numbers.
+    rescored = ev.rescore_predictions(out / "predictions.jsonl", write=False)
+    assert {k: rescored[k] for k in rescored} == {k: metrics[k] for k in rescored}
+
+
+def test_batch_size_1_and_4_give_the_same_greedy_predictions(setup, full_run):
+    # fp32 on CPU: left padding changes no logit enough to flip a greedy choice within 16 tokens on this model.
+    _, out4 = full_run
+    metrics1 = ev.run_evaluation(make_args(setup, "bs1", batch_size=1))
+    outputs4 = {r["query_id"]: r["output"] for r in lines(out4 / "predictions.jsonl")}
+    outputs1 = {r["query_id"]: r["output"] for r in lines(Path(metrics1["output_dir"]) / "predictions.jsonl")}
+    assert outputs1 == outputs4
+    assert sum(1 for text in outputs1.values() if text) == 6
+
+
+def test_kill_and_resume_gives_identical_metrics_and_no_duplicates(setup, full_run, monkeypatch):
+    full_metrics, _ = full_run
+    args = make_args(setup, "resume", max_queries=3)
+    ev.run_evaluation(args)  # "killed" after 3 queries
+    path = Path(args.output_dir) / "predictions.jsonl"
+    first = path.read_text().splitlines()
+    assert len(first) == 3
+    with path.open("a") as f:  # the kill cut the 4th line short
+        f.write('{"video_id": "synth_001", "query_id": "synth_001#1", "query": "the')
+
+    generated = []
+    real_generator = ev._Generator
+
+    class CountingGenerator(real_generator):
+        def __call__(self, queries, clips):
+            generated.extend(q["query_id"] for q in queries)
+            return super().__call__(queries, clips)
+
+    monkeypatch.setattr(ev, "_Generator", CountingGenerator)
+    metrics = ev.run_evaluation(make_args(setup, "resume"))
+    records = path.read_text().splitlines()
+    assert len(records) == NUM_QUERIES and records[:3] == first
+    assert len({json.loads(x)["query_id"] for x in records}) == NUM_QUERIES
+    assert len(generated) == len(set(generated)) <= NUM_QUERIES - 3  # done queries are not generated again
+    assert without_paths(metrics) == without_paths(full_metrics)
+    # A second resume has nothing left to do and changes nothing.
+    assert without_paths(ev.run_evaluation(make_args(setup, "resume"))) == without_paths(full_metrics)
+    assert path.read_text().splitlines() == records
+
+
+def test_resume_refuses_a_different_prompt(setup, full_run):
+    _, out = full_run
+    with pytest.raises(ValueError, match="no_think"):
+        ev.run_evaluation(make_args(setup, "full", no_think=True))
+
+
+class OracleGenerator:
+    """Answers each query with its ground truth (shifted for one query, failing for another): tests the loop only."""
+
+    def __init__(self, args, device):
+        from open_r1.data import load_annotations
+
+        self.gt = {row["query_id"]: (row["start"], row["end"]) for row in load_annotations(args.annotation_file)}
+
+    def __call__(self, queries, clips):
+        if any(q["query_id"] == "synth_000#1" for q in queries):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        outputs = []
+        for q in queries:
+            start, end = self.gt[q["query_id"]]
+            if q["query_id"] == "synth_000#0":  # half the window: IoU 0.5, a tie at R1@0.5
+                end = start + (end - start) / 2
+            outputs.append(f"<think>looking</think><answer>{start} to {end}</answer>")
+        return outputs
+
+
+def test_loop_scores_answers_and_isolates_a_failing_query(setup, monkeypatch):
+    monkeypatch.setattr(ev, "_Generator", OracleGenerator)
+    metrics = ev.run_evaluation(make_args(setup, "oracle"))
+    # 8 queries: 4 exact, 1 at IoU 0.5, 1 generation error (its batch is retried query by query), 2 video failures.
+    assert metrics["failures"] == {"no_answer": 0, "missing_video": 1, "decode_error": 1, "generation_error": 1}
+    assert (metrics["R1@0.3"], metrics["R1@0.5"], metrics["R1@0.7"]) == (62.5, 62.5, 50.0)
+    assert metrics["mIoU"] == 56.25
+    records = {r["query_id"]: r for r in lines(Path(metrics["output_dir"]) / "predictions.jsonl")}
+    assert records["synth_000#0"]["iou"] == 0.5 and records["synth_000#0"]["rule"] == "answer"
+    failed = [r for r in records.values() if r["error"] == "generation_error"]
+    assert len(failed) == 1 and "out of memory" in failed[0]["detail"]
+
+
+def test_reads_the_preprocessing_cache_without_videos(setup, full_run):
+    from open_r1.data import find_video
+    from open_r1.video import VideoCache, decode_video
+
+    args = make_args(setup, "cached", video_dir=None, cache_dir=str(setup["root"] / "cache"))
+    settings = args.to_settings()
+    cache = VideoCache(args.cache_dir)
+    for v in range(3):
+        video_id = f"synth_00{v}"
+        cache.save(video_id, decode_video(find_video(setup["video_dir"], video_id), settings), settings)
+    metrics = ev.run_evaluation(args)
+    _, out = full_run
+    cached = {r["query_id"]: r["output"] for r in lines(Path(metrics["output_dir"]) / "predictions.jsonl")}
+    decoded = {r["query_id"]: r["output"] for r in lines(out / "predictions.jsonl")}
+    assert {k: v for k, v in cached.items() if v} == {k: v for k, v in decoded.items() if v}
+    assert metrics["failures"]["missing_video"] == 2  # "broken" is not in the cache and there is no video folder
+
+
+def test_vision_tokens_are_never_generated(setup, tmp_path):
+    import torch
+
+    from open_r1.modeling import load_model, load_processor, vision_token_ids
+    from open_r1.video import VideoSource
+
+    # A model whose favourite next token is <|video_pad|>: without suppression greedy decoding emits only that.
+    processor = load_processor(setup["model"])
+    model = load_model(setup["model"], attn_implementation="sdpa", dtype=torch.float32)
+    video_pad = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    with torch.no_grad():
+        model.lm_head.weight[video_pad] = model.lm_head.weight[video_pad] * 0 + 5.0
+        model.model.language_model.norm.weight.fill_(1.0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    args = make_args(setup, "suppress", model_base=str(tmp_path / "model"))
+    generator = ev._Generator(args, torch.device("cpu"))
+    clip = VideoSource(args.to_settings(), video_dir=setup["video_dir"]).get("synth_000")
+    from open_r1.modeling import encode_batch
+    from open_r1.prompts import build_conversation
+
+    batch = encode_batch(processor, [build_conversation("the red square appears")], [clip])
+    ids = generator.model.generate(**batch, generation_config=generator.generation_config)
+    new = ids[0, batch["input_ids"].shape[1] :].tolist()
+    assert new and not set(new) & set(vision_token_ids(processor.tokenizer))
+    config = generator.generation_config
+    config.suppress_tokens = None
+    unsuppressed = generator.model.generate(**batch, generation_config=config)[0, batch["input_ids"].shape[1] :]
+    assert video_pad in unsuppressed.tolist()  # the test model really does want to emit it
+
+
+@pytest.mark.parametrize(
+    "dataset, split, count",
+    [
+        ("charades", None, 3720),
+        ("activitynet", None, 17031),
+        ("activitynet", "val_1", 17505),
+        ("charades_cd", "test_iid", None),
+    ],
+)
+def test_splits_by_name(dataset, split, count):
+    rows, name = ev.resolve_queries(EvalArguments(model_base="m", video_dir=".", dataset=dataset, split=split))
+    assert name == f"{dataset}_{split or ev.DEFAULT_SPLITS[dataset]}"
+    if count is not None:
+        assert len(rows) == count
+
+
+@pytest.mark.parametrize(
+    "dataset, split, listed", [("charades_sta", None, "activitynet, charades"), ("charades", "val", "train, test")]
+)
+def test_unknown_dataset_or_split_fails_listing_the_names(dataset, split, listed):
+    with pytest.raises(ValueError, match=listed):
+        ev.resolve_queries(EvalArguments(model_base="m", video_dir=".", dataset=dataset, split=split))
+
+
+def test_arguments_fail_fast():
+    with pytest.raises(ValueError, match="model_base"):
+        EvalArguments(video_dir=".")
+    with pytest.raises(ValueError, match="video_dir"):
+        EvalArguments(model_base="m")
+    with pytest.raises(ValueError, match="batch_size"):
+        EvalArguments(model_base="m", video_dir=".", batch_size=0)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_from_scripts_folder(setup, full_run):
+    full_metrics, _ = full_run
+    out = setup["root"] / "ddp"
+    cmd = ["bash", "evaluate.sh", "--model_base", setup["model"], "--annotation_file", setup["annotation"]]
+    cmd += ["--video_dir", setup["video_dir"], "--output_dir", str(out), "--batch_size", "4", "--max_new_tokens", "16"]
+    cmd += [x for k, v in TINY_VIDEO.items() for x in (f"--{k}", str(v))]
+    env = {
+        **os.environ,
+        "NPROC_PER_NODE": "2",
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    result = subprocess.run(cmd, cwd=REPO / "scripts", env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "R1@0.3" in result.stdout
+    assert sorted(p.name for p in out.glob("predictions*")) == ["predictions.jsonl"]  # shards merged and removed
+    records = lines(out / "predictions.jsonl")
+    assert len(records) == len({r["query_id"] for r in records}) == NUM_QUERIES
+    assert without_paths(json.loads((out / "metrics.json").read_text())) == without_paths(full_metrics)
