@@ -96,6 +96,9 @@ class EvalArguments(VideoArguments):
     max_new_tokens: int = field(default=1024, metadata={"help": "Generation budget per answer (thinking included)."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding (the paper: greedy)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (only with --do_sample)."})
+    repetition_penalty: float | None = field(
+        default=None, metadata={"help": "Override the checkpoint's repetition_penalty (Qwen2.5-VL ships 1.05)."}
+    )
     seed: int = field(default=0, metadata={"help": "Random seed (sampling only)."})
     no_think: bool = field(
         default=False, metadata={"help": "Ask for the answer without reasoning (paper Table 3, 'Test CoT' off)."}

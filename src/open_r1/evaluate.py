@@ -360,6 +360,7 @@ def _run_config(args: EvalArguments, name: str) -> dict[str, Any]:
         "max_new_tokens": args.max_new_tokens,
         "do_sample": args.do_sample,
         "temperature": args.temperature if args.do_sample else None,
+        "repetition_penalty": args.repetition_penalty,
     }
 
 
@@ -407,14 +408,17 @@ def _load_model(args: EvalArguments, device):
     if device.type == "cpu" and args.dtype == "auto":
         dtype = torch.float32
     attn = args.attn_implementation or default_attn_implementation()
-    try:
-        model = load_model(args.model_base, attn_implementation=attn, dtype=dtype)
-    except (ImportError, ValueError) as exc:
-        if attn != "flash_attention_2":
-            raise
-        logger.warning("flash_attention_2 unavailable (%s); falling back to sdpa", exc)
-        attn = "sdpa"
-        model = load_model(args.model_base, attn_implementation=attn, dtype=dtype)
+    # Under a device context transformers loads the weights straight onto that GPU (no full copy in host memory per
+    # rank, which is what 8 ranks of a 7B model would otherwise cost).
+    with torch.device(device):
+        try:
+            model = load_model(args.model_base, attn_implementation=attn, dtype=dtype)
+        except (ImportError, ValueError) as exc:
+            if attn != "flash_attention_2":
+                raise
+            logger.warning("flash_attention_2 unavailable (%s); falling back to sdpa", exc)
+            attn = "sdpa"
+            model = load_model(args.model_base, attn_implementation=attn, dtype=dtype)
     logger.info("Loaded %s (%s, %s attention) on %s", args.model_base, dtype, attn, device)
     return model.to(device).eval(), dtype
 
@@ -438,10 +442,14 @@ class _Generator:
         config.suppress_tokens = vision_token_ids(tokenizer)
         if tokenizer.pad_token_id is not None:
             config.pad_token_id = tokenizer.pad_token_id
+        if args.repetition_penalty is not None:
+            config.repetition_penalty = args.repetition_penalty
         if args.do_sample:
             config.do_sample, config.temperature = True, args.temperature
         else:
-            # Greedy, as the paper evaluates; drop the shipped sampling knobs so generate() does not warn about them.
+            # Greedy. Qwen2.5-VL ships do_sample=True with temperature 1e-6 (greedy in effect, as the original
+            # evaluation ran it); argmax is the same choice without the sampling machinery. Its repetition_penalty
+            # (1.05) is kept unless --repetition_penalty says otherwise.
             config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
         self.generation_config = config
         torch.manual_seed(args.seed)
