@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -35,6 +36,8 @@ from open_r1.video import DECODERS, VideoCache, VideoDecodeError, decode_video, 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.jsonl"
+# Workers are forked: they start in milliseconds instead of re-importing torch.
+_MP_CONTEXT = multiprocessing.get_context("fork")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -104,6 +107,14 @@ def read_manifest(output_dir) -> dict[str, dict]:
         if record.get("type") in ("entry", "failure"):
             latest[record["video_id"]] = record
     return latest
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return True
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
 
 
 def _entry_record(video_id: str, cache: VideoCache, source, seconds: float, **extra) -> dict:
@@ -197,7 +208,7 @@ def _process(task: _Task, output_dir: str, settings: VideoSettings, decoder: str
 
 def _run_isolated(task: _Task, run_args: tuple) -> dict:
     """Retry a task in its own process so a decoder crash is pinned on the video that caused it."""
-    with ProcessPoolExecutor(max_workers=1, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=_MP_CONTEXT, initializer=_worker_init) as pool:
         try:
             return pool.submit(_process, task, *run_args).result()
         except BrokenProcessPool:
@@ -213,7 +224,7 @@ def _run_parallel(tasks: list[_Task], run_args: tuple, num_workers: int):
     """Yield one record per task, ``num_workers`` at a time; survives worker crashes."""
     queue = list(reversed(tasks))
     while queue:
-        pool = ProcessPoolExecutor(max_workers=num_workers, initializer=_worker_init)
+        pool = ProcessPoolExecutor(max_workers=num_workers, mp_context=_MP_CONTEXT, initializer=_worker_init)
         running: dict = {}
         crashed: list[_Task] = []
         try:
@@ -291,7 +302,10 @@ def preprocess_videos(
     )
     # One decoding thread per worker when several run side by side; decord's own default when alone.
     run_args = (str(output_dir), settings, decoder, 1 if num_workers > 1 else 0)
-    with open(output_dir / MANIFEST_NAME, "a") as manifest_file:
+    manifest_path = output_dir / MANIFEST_NAME
+    with open(manifest_path, "a") as manifest_file:
+        if not _ends_with_newline(manifest_path):
+            manifest_file.write("\n")  # end the line a killed run left half-written, so it stays alone (and ignored)
 
         def log(record: dict) -> None:
             manifest_file.write(json.dumps(record) + "\n")

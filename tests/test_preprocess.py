@@ -1,0 +1,197 @@
+"""`python -m open_r1.preprocess`: one entry per video, failures reported, reruns resume without redoing work."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _video_utils import REAL_VIDEOS, make_clip
+
+from open_r1 import preprocess
+from open_r1.configs import VideoSettings
+from open_r1.preprocess import (
+    MANIFEST_NAME,
+    main,
+    parse_int_expression,
+    preprocess_videos,
+    read_manifest,
+    video_ids_from_sources,
+)
+from open_r1.synthetic import make_grounding_dataset
+from open_r1.video import VideoCache, decode_video
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = VideoSettings()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Four synthetic videos, a real one, a corrupt one, a narrow one decord cannot read, and one listed but absent."""
+    root = tmp_path_factory.mktemp("dataset")
+    annotation, video_dir = make_grounding_dataset(root, num_videos=4, seed=1, duration=6.0, fps=4.0)
+    records = json.loads(annotation.read_text())
+    shutil.copy(REAL_VIDEOS["carphone_pristine"], video_dir / "carphone.mp4")
+    (video_dir / "corrupt.mp4").write_bytes(REAL_VIDEOS["bikes"].read_bytes()[:5000])
+    make_clip(video_dir / "narrow.webm", 12, size=(32, 48), fps=6, codec="libvpx-vp9")
+    for video_id in ("carphone", "corrupt", "narrow", "absent"):
+        records[video_id] = {"duration": 4.0, "timestamps": [[0.0, 1.0]], "sentences": ["something happens."]}
+    annotation.write_text(json.dumps(records))
+    return annotation, video_dir
+
+
+def run_cli(*args):
+    return main([*map(str, args), "--no_progress"])
+
+
+def manifest_lines(output_dir):
+    return [json.loads(line) for line in (output_dir / MANIFEST_NAME).read_text().splitlines()]
+
+
+def test_cli_builds_entries_and_reports_failures(dataset, tmp_path):
+    annotation, video_dir = dataset
+    out = tmp_path / "cache"
+    assert run_cli(annotation, "--video_dir", video_dir, "--output_dir", out, "--num_workers", 1) == 1
+    latest = read_manifest(out)
+    assert set(latest) == {
+        "synth_000",
+        "synth_001",
+        "synth_002",
+        "synth_003",
+        "carphone",
+        "corrupt",
+        "narrow",
+        "absent",
+    }
+    failures = {vid: record["reason"] for vid, record in latest.items() if record["type"] == "failure"}
+    assert set(failures) == {"corrupt", "absent"}
+    assert "not found" in failures["absent"]
+    assert "PyAV" in failures["corrupt"]  # both decoders were tried
+    narrow = latest["narrow"]
+    assert narrow["decoder"] == "pyav" and "decord" in narrow["fallback_reason"]
+    assert latest["carphone"]["num_frames"] == 8 and latest["carphone"]["decoder"] == "decord"
+    run = manifest_lines(out)[-1]
+    assert (run["type"], run["done"], run["failed"], run["skipped"]) == ("run", 6, 2, 0)
+    assert run["bytes_written"] == sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    # Every entry is what decoding on the fly gives.
+    cache = VideoCache(out)
+    for video_id in ("synth_002", "carphone", "narrow"):
+        source = latest[video_id]["source"]
+        assert torch.equal(cache.load(video_id, SETTINGS).frames, decode_video(source).frames)
+    # Two failures are within a tolerance of 2, and everything already cached is skipped.
+    assert run_cli(annotation, "--video_dir", video_dir, "--output_dir", out, "--max_failures", 2) == 0
+    run = manifest_lines(out)[-1]
+    assert (run["done"], run["failed"], run["skipped"]) == (0, 2, 6)
+
+
+def test_resume_after_an_interrupted_run(dataset, tmp_path):
+    annotation, video_dir = dataset
+    videos = {p.stem: p for p in sorted(video_dir.glob("synth_*.mp4"))}
+    out = tmp_path / "cache"
+    first = preprocess_videos(videos, out, SETTINGS, progress=False)
+    assert (first.done, first.failed) == (4, 0)
+    # Cloned: loaded frames are memory-mapped, and this test truncates a file in place (atomic saves never do).
+    reference = {vid: VideoCache(out).load(vid).frames.clone() for vid in videos}
+    # Simulate a run killed mid-way: a half-written temporary file, a truncated entry (e.g. a disk-full copy), an
+    # entry whose manifest line was never written, and an entry that was never made.
+    (out / ".synth_000.safetensors.4242.tmp").write_bytes(b"partial")
+    damaged = out / "synth_001.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    (out / "synth_003.safetensors").unlink()
+    lines = (out / MANIFEST_NAME).read_text().splitlines()
+    (out / MANIFEST_NAME).write_text("\n".join(line for line in lines if "synth_002" not in line) + "\n{torn")
+    untouched = {vid: (out / f"{vid}.safetensors").stat().st_mtime_ns for vid in ("synth_000", "synth_002")}
+
+    second = preprocess_videos(videos, out, SETTINGS, progress=False)
+    assert (second.done, second.redone, second.skipped, second.failed) == (2, 1, 2, 0)
+    assert not list(out.glob("*.tmp"))
+    for vid, mtime in untouched.items():  # nothing done twice
+        assert (out / f"{vid}.safetensors").stat().st_mtime_ns == mtime
+    for vid, frames in reference.items():  # nothing lost
+        assert torch.equal(VideoCache(out).load(vid, SETTINGS).frames, frames)
+    latest = read_manifest(out)
+    assert "truncated" in latest["synth_001"]["redone_because"]
+    assert latest["synth_002"].get("recovered") is True
+    assert all(latest[vid]["type"] == "entry" for vid in videos)
+
+
+def test_other_settings_redo_entries(dataset, tmp_path):
+    _, video_dir = dataset
+    videos = {"synth_000": video_dir / "synth_000.mp4"}
+    preprocess_videos(videos, tmp_path, SETTINGS, progress=False)
+    one_fps = VideoSettings(fps=1.0)
+    summary = preprocess_videos(videos, tmp_path, one_fps, progress=False)
+    assert (summary.done, summary.redone) == (1, 1)
+    clip = VideoCache(tmp_path).load("synth_000", one_fps)
+    assert clip.num_frames == 6 and clip.sample_fps == pytest.approx(1.0)  # 6 s at 1 fps
+
+
+def test_parallel_workers_match_serial_and_survive_a_crash(dataset, tmp_path, monkeypatch):
+    _, video_dir = dataset
+    videos = {p.stem: p for p in sorted(video_dir.glob("synth_*.mp4"))}
+    real_decode = preprocess.decode_video
+
+    def crash_on_synth_002(path, *args, **kwargs):
+        if Path(path).stem == "synth_002":
+            os._exit(11)  # what a segfault inside decord looks like to the pool
+        return real_decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(preprocess, "decode_video", crash_on_synth_002)  # inherited by the forked workers
+    summary = preprocess_videos(videos, tmp_path, SETTINGS, num_workers=2, progress=False)
+    assert (summary.done, summary.failed) == (3, 1)
+    assert summary.failures[0][0] == "synth_002" and "crashed" in summary.failures[0][1]
+    for vid in ("synth_000", "synth_001", "synth_003"):
+        assert torch.equal(VideoCache(tmp_path).load(vid).frames, real_decode(videos[vid]).frames)
+
+
+def test_total_pixels_expression_and_sources(dataset):
+    assert parse_int_expression("3584*28*28") == 2_809_856
+    assert parse_int_expression("16 * 28 * 28") == 12_544
+    with pytest.raises(Exception, match="3584"):
+        parse_int_expression("3584*28*28; rm -rf /")
+    annotation, _ = dataset
+    assert video_ids_from_sources([str(annotation)])[:2] == ["synth_000", "synth_001"]
+    assert len(video_ids_from_sources(["charades:test"])) == 1334
+    with pytest.raises(ValueError, match="charades"):
+        video_ids_from_sources(["charadez"])
+
+
+def test_cli_reads_settings_and_folder_without_annotations(tmp_path):
+    video_dir = tmp_path / "videos"
+    make_clip(video_dir / "a.mp4", 30, size=(48, 64), fps=10)
+    make_clip(video_dir / "b.mkv", 30, size=(48, 64), fps=10)
+    out = tmp_path / "cache"
+    rc = run_cli(
+        "--video_dir",
+        video_dir,
+        "--output_dir",
+        out,
+        "--fps",
+        1.0,
+        "--total_pixels",
+        "64*28*28",
+        "--min_pixels",
+        "4*28*28",
+    )
+    assert rc == 0
+    clip = VideoCache(out).load("b")
+    assert clip.num_frames == 4  # 3 s at 1 fps, raised to qwen-vl-utils' minimum of 4
+    assert clip.frames.shape[-2:] == (
+        56,
+        56,
+    )  # 48x64 rounded to multiples of 28 (the default min_pixels gives 112x140)
+    run = manifest_lines(out)[-1]
+    assert run["done"] == 2
+    assert run["settings"] == {"fps": 1.0, "total_pixels": 64 * 28 * 28, "min_pixels": 4 * 28 * 28, "max_frames": 768}
+
+
+def test_shell_wrapper_runs_from_any_directory(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["bash", str(REPO / "preprocess_video.sh"), "--help"], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0
+    assert "--total_pixels" in result.stdout and "--max_failures" in result.stdout
