@@ -1,0 +1,244 @@
+"""GRPO on videos: TRL's GRPOTrainer with the video tensors threaded through every forward pass.
+
+TRL 1.16 handles images only. This subclass wraps (never copies) four of its methods:
+
+- ``_generate_and_score_completions``: loads each row's clip, encodes prompts + videos once with
+  :func:`open_r1.modeling.encode_batch`, runs TRL's rollout/scoring, then attaches the video tensors to the batch
+  row by row so TRL's shuffle and split keep each completion with its own video.
+- ``_tokenize_prompts``: hands TRL the token ids and video tensors encoded above, so generation sees the video.
+- ``_get_per_token_logps_and_entropies``: adds ``pixel_values_videos``, ``video_grid_thw``, ``second_per_grid_ts``
+  and ``mm_token_type_ids`` to the model call, slicing the patches per row by ``video_grid_thw.prod(-1)``. This
+  covers the old-policy, reference and policy passes, so all of them use the same 3-D time positions as sampling.
+- ``_compute_loss``: makes the current slice's videos the ones that pass uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import torch
+from trl import GRPOTrainer
+
+from open_r1.modeling import encode_batch, vision_token_ids
+
+logger = logging.getLogger(__name__)
+
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def vision_tower(model) -> torch.nn.Module:
+    """The vision encoder (patch embed + blocks + merger) of a Qwen2.5-VL model, unwrapped from PEFT/DDP."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    base = getattr(inner, "model", inner)
+    return base.visual
+
+
+def per_row_patches(pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+    """Split the flat patch tensor of a batch into one tensor per row (one video per row)."""
+    return list(torch.split(pixel_values_videos, video_grid_thw.prod(-1).tolist(), dim=0))
+
+
+class VideoGRPOTrainer(GRPOTrainer):
+    """GRPO for temporal video grounding with Qwen2.5-VL.
+
+    Args:
+        model: model id/path or a loaded ``Qwen2_5_VLForConditionalGeneration``.
+        reward_funcs: reward callables (see :mod:`open_r1.rewards`); each is logged as ``rewards/<name>/mean``.
+        video_loader: ``video_id -> VideoClip`` (e.g. ``VideoSource(...).get``). Every dataset row needs a
+            ``video_id`` and a conversational ``prompt`` with one ``{"type": "video"}`` item.
+        freeze_vision_tower: train only the language model, as the paper does. ``False`` trains the vision encoder
+            too (what TimeZero's script did by default).
+        Remaining arguments go to :class:`trl.GRPOTrainer`.
+    """
+
+    def __init__(
+        self,
+        model,
+        reward_funcs,
+        args=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        video_loader: Callable | None = None,
+        freeze_vision_tower: bool = True,
+        **kwargs,
+    ):
+        if video_loader is None:
+            raise ValueError("VideoGRPOTrainer needs a video_loader (video_id -> VideoClip), e.g. VideoSource.get")
+        if args is not None and args.remove_unused_columns:
+            # The video id and the reward columns (solution, duration) must reach the rollout and the rewards.
+            raise ValueError("remove_unused_columns must be False: video_id and the reward columns are needed")
+        if processing_class is not None and hasattr(processing_class, "tokenizer"):
+            processing_class.tokenizer.padding_side = "left"
+        if freeze_vision_tower and not isinstance(model, str):
+            vision_tower(model).requires_grad_(False)
+        super().__init__(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        if not self._is_vlm:
+            raise ValueError("VideoGRPOTrainer needs a multimodal processor (Qwen2.5-VL), got a tokenizer")
+        if freeze_vision_tower:
+            vision_tower(self.model).requires_grad_(False)
+        self.freeze_vision_tower = freeze_vision_tower
+        self.video_loader = video_loader
+
+        # Vision placeholders are never part of an answer; a sampled `<|video_pad|>` would also break the next
+        # forward (more video tokens than video features). TRL only suppresses the image token.
+        suppress = sorted(set(self.generation_config.suppress_tokens or []) | set(vision_token_ids(self._tokenizer)))
+        self.generation_config.suppress_tokens = suppress
+        self.generation_kwargs["suppress_tokens"] = suppress
+
+        # Video tensors of the rows whose log-probs are being computed (set by the two wrappers below).
+        self._video_inputs: dict | None = None
+        # Token ids / mm ids of the prompts being rolled out, read by `_tokenize_prompts`.
+        self._encoded_prompts: dict | None = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Rollout
+
+    def _load_clips(self, inputs: list[dict]) -> list:
+        """One clip per row; rows of the same group share a video, so each video is loaded once."""
+        loaded = {}
+        for row in inputs:
+            if row["video_id"] not in loaded:
+                loaded[row["video_id"]] = self.video_loader(row["video_id"])
+        return [loaded[row["video_id"]] for row in inputs]
+
+    def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
+        clips = self._load_clips(inputs)
+        encoded = encode_batch(self.processing_class, [row["prompt"] for row in inputs], clips, padding_side="left")
+        # TRL pads the prompts itself: hand it the unpadded ids.
+        mask = encoded["attention_mask"].bool()
+        prompt_mm = [ids[m].tolist() for ids, m in zip(encoded["mm_token_type_ids"], mask)]
+        self._encoded_prompts = {
+            "prompt_ids": [ids[m].tolist() for ids, m in zip(encoded["input_ids"], mask)],
+            "mm_token_type_ids": prompt_mm,
+        }
+        video = {key: encoded[key] for key in VIDEO_KEYS}
+        video["second_per_grid_ts"] = video["second_per_grid_ts"].to(torch.float32)
+        self._video_inputs = {**video, "prompt_mm_token_type_ids": prompt_mm}
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._encoded_prompts = None
+            self._video_inputs = None
+
+        device = self.accelerator.device
+        # Per-row entries: TRL shuffles the rows and splits them into per-step slices; a list of per-row patch
+        # tensors and per-row grids move with their rows.
+        output["pixel_values_videos"] = per_row_patches(video["pixel_values_videos"], video["video_grid_thw"])
+        output["video_grid_thw"] = video["video_grid_thw"].to(device)
+        output["second_per_grid_ts"] = video["second_per_grid_ts"].to(device)
+        output["mm_token_type_ids"] = self._full_mm_token_type_ids(
+            prompt_mm, output["prompt_ids"].size(1), output["completion_ids"].size(1)
+        ).to(device)
+        return output
+
+    @staticmethod
+    def _full_mm_token_type_ids(prompt_mm: list[list[int]], prompt_width: int, completion_width: int) -> torch.Tensor:
+        """Left-pad each prompt's type ids to the padded prompt width and add zeros over the completion."""
+        out = torch.zeros(len(prompt_mm), prompt_width + completion_width, dtype=torch.long)
+        for row, ids in enumerate(prompt_mm):
+            if ids:
+                out[row, prompt_width - len(ids) : prompt_width] = torch.tensor(ids)
+        return out
+
+    def _tokenize_prompts(self, prompts: list):
+        if self._encoded_prompts is None:
+            raise RuntimeError("VideoGRPOTrainer rolls out only through _generate_and_score_completions")
+        if len(prompts) != len(self._encoded_prompts["prompt_ids"]):
+            raise RuntimeError("prompt count changed between encoding and generation")
+        video = self._video_inputs
+        multimodal_fields = {
+            "pixel_values_videos": video["pixel_values_videos"],
+            "video_grid_thw": video["video_grid_thw"],
+            "second_per_grid_ts": video["second_per_grid_ts"],
+            # A per-token field: TRL left-pads it like the prompt ids.
+            "mm_token_type_ids": self._encoded_prompts["mm_token_type_ids"],
+        }
+        return self._encoded_prompts["prompt_ids"], None, multimodal_fields
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Log-probs
+
+    def _compute_loss(self, model, inputs):
+        self._video_inputs = {
+            "pixel_values_videos": torch.cat(inputs["pixel_values_videos"], dim=0)
+            if isinstance(inputs["pixel_values_videos"], list)
+            else inputs["pixel_values_videos"],
+            "video_grid_thw": inputs["video_grid_thw"],
+            "second_per_grid_ts": inputs["second_per_grid_ts"],
+        }
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._video_inputs = None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        video = self._video_inputs
+        if video is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, **kwargs
+            )
+
+        mm_token_type_ids = kwargs.pop("mm_token_type_ids", None)
+        if mm_token_type_ids is None:
+            # Old-policy / reference pass inside TRL's rollout: TRL does not know about the video type ids.
+            mm_token_type_ids = self._full_mm_token_type_ids(
+                video["prompt_mm_token_type_ids"], input_ids.size(1) - logits_to_keep, logits_to_keep
+            ).to(input_ids.device)
+        device = input_ids.device
+        patches = per_row_patches(video["pixel_values_videos"], video["video_grid_thw"])
+        num_rows = input_ids.size(0)
+        if len(patches) != num_rows:
+            raise RuntimeError(f"{len(patches)} videos for {num_rows} rows")
+        batch_size = kwargs.pop("batch_size", None) or num_rows
+
+        results = []
+        for start in range(0, num_rows, batch_size):
+            end = min(start + batch_size, num_rows)
+            chunk_video = {
+                "pixel_values_videos": torch.cat(patches[start:end], dim=0).to(device),
+                "video_grid_thw": video["video_grid_thw"][start:end].to(device),
+                "second_per_grid_ts": video["second_per_grid_ts"][start:end].to(device),
+            }
+            with _extra_forward_kwargs(model, chunk_video):
+                results.append(
+                    super()._get_per_token_logps_and_entropies(
+                        model,
+                        input_ids[start:end],
+                        attention_mask[start:end],
+                        logits_to_keep,
+                        batch_size=end - start,
+                        mm_token_type_ids=mm_token_type_ids[start:end],
+                        **kwargs,
+                    )
+                )
+        logps = torch.cat([r[0] for r in results], dim=0)
+        entropies = torch.cat([r[1] for r in results], dim=0) if results[0][1] is not None else None
+        aux = torch.stack([r[2] for r in results]).mean() if results[0][2] is not None else None
+        return logps, entropies, aux
+
+
+@contextlib.contextmanager
+def _extra_forward_kwargs(model: torch.nn.Module, extra: dict):
+    """Add ``extra`` keyword arguments to ``model``'s next forward calls (TRL builds the call's inputs itself)."""
+
+    def hook(module, args, kwargs):
+        return args, {**kwargs, **extra}
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
