@@ -52,7 +52,7 @@ def write_video(path, frames: np.ndarray, fps: float, codec: str = "libx264") ->
     height, width = frames.shape[1:3]
     # 4:2:0 chroma (what real footage uses) needs even sizes; 4:4:4 keeps odd sizes exact.
     pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
-    rate = Fraction(fps).limit_denominator(1001)
+    rate = _frame_rate(fps)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -66,6 +66,14 @@ def write_video(path, frames: np.ndarray, fps: float, codec: str = "libx264") ->
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def _frame_rate(fps: float) -> Fraction:
+    """29.97 -> 30000/1001 (NTSC rates are written that way by cameras), 12.5 -> 25/2."""
+    ntsc = round(fps * 1.001)
+    if abs(fps - round(fps)) > 1e-6 and abs(fps - ntsc / 1.001) < 0.005:
+        return Fraction(ntsc * 1000, 1001)
+    return Fraction(fps).limit_denominator(1001)
 
 
 def _draw(frame: np.ndarray, shape: str, color: tuple[int, int, int], top: int, left: int, side: int) -> None:
@@ -91,8 +99,8 @@ def make_grounding_dataset(
     """Write ``num_videos`` synthetic videos plus a TimeZero-format annotation file.
 
     Every event is one coloured shape visible from ``start`` to ``end`` seconds (both multiples of ``1 / fps``, at
-    least one second long); its query is ``"the <colour> <shape> appears."``. Events of one video use distinct
-    colour/shape pairs, so each query has exactly one answer.
+    least one second long); its query is ``"the <colour> <shape> appears."``. Events of one video have distinct
+    colours, so each query has exactly one answer.
 
     Args:
         out_dir: folder that receives ``annotations.json`` and ``videos/<video_id>.mp4``.
@@ -107,8 +115,8 @@ def make_grounding_dataset(
     Returns:
         ``(annotation_json_path, video_dir)``.
     """
-    if events_per_video > len(COLORS) * len(SHAPES):
-        raise ValueError(f"at most {len(COLORS) * len(SHAPES)} events per video")
+    if not 1 <= events_per_video <= len(COLORS):
+        raise ValueError(f"events_per_video must be between 1 and {len(COLORS)} (one colour per event)")
     num_frames = int(round(duration * fps))
     if num_frames < 2 * fps:
         raise ValueError("duration must cover at least two seconds")
@@ -118,15 +126,14 @@ def make_grounding_dataset(
     video_dir = out_dir / "videos"
     suffix = _CONTAINER_FOR_CODEC.get(codec, "mp4")
     rng = np.random.default_rng(seed)
-    pairs = [(color, shape) for color in COLORS for shape in SHAPES]
     annotations = {}
     for index in range(num_videos):
         video_id = f"synth_{index:03d}"
         frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
         frames[:] = BACKGROUND
         timestamps, sentences = [], []
-        for pair_index in rng.choice(len(pairs), size=events_per_video, replace=False):
-            color, shape = pairs[pair_index]
+        for color_index in rng.choice(len(COLORS), size=events_per_video, replace=False):
+            color, shape = list(COLORS)[color_index], SHAPES[int(rng.integers(len(SHAPES)))]
             # Whole frames only, so the event boundaries in the file are exactly the annotated times.
             length = int(rng.integers(int(fps), max(int(fps) + 1, num_frames // 2) + 1))
             first = int(rng.integers(0, num_frames - length + 1))
