@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,19 +66,10 @@ class VideoClip:
     decoder: str  # "decord" or "pyav" (the one that produced the frames)
     source_num_frames: int = 0
     fallback_reason: str = ""  # why decord was abandoned for PyAV, empty otherwise
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
-
-    def video_metadata(self) -> dict:
-        """The ``video_metadata`` entry transformers' Qwen2.5-VL processor needs for the right time positions."""
-        return {
-            "fps": self.source_fps,
-            "total_num_frames": self.source_num_frames,
-            "frames_indices": list(self.frame_indices),
-        }
 
 
 # ----------------------------------------------------------------------------------------------------------------
