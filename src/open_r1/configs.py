@@ -136,3 +136,49 @@ class EvalArguments(VideoArguments):
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
         self.to_settings()  # fails fast on impossible video settings
+
+
+@dataclass
+class GRPOScriptArguments(VideoArguments):
+    """Data, reward and video flags of the training entry point (``python -m open_r1.grpo_video``).
+
+    Optimisation flags come from ``trl.GRPOConfig`` and model flags from ``trl.ModelConfig``.
+    """
+
+    dataset: str = field(
+        default="charades",
+        metadata={"help": "Bundled dataset to train on: charades or activitynet (ignored with --annotation_file)."},
+    )
+    split: str = field(default="train", metadata={"help": "Split of --dataset to train on."})
+    annotation_file: str | None = field(
+        default=None,
+        metadata={"help": "Custom annotation file (TimeZero json, TALL txt, ActivityNet json) instead of a split."},
+    )
+    video_dir: str | None = field(default=None, metadata={"help": "Folder of raw videos, decoded on the fly."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Preprocessing cache (python -m open_r1.preprocess); read before --video_dir."}
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["iou", "format"],
+        metadata={"help": "Reward names from open_r1.rewards.REWARD_FUNCS (paper: iou format)."},
+    )
+    no_think: bool = field(default=False, metadata={"help": "Train without the <think> reasoning request."})
+    video_first: bool = field(default=False, metadata={"help": "Put the video before the question in the prompt."})
+    freeze_vision_tower: bool = field(
+        default=True,
+        metadata={
+            "help": "Train only the language model (the paper). --freeze_vision_tower false trains the encoder."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on the first N queries only (smoke tests)."}
+    )
+
+    def __post_init__(self):
+        if self.cache_dir is None and self.video_dir is None:
+            raise ValueError("give --video_dir (raw videos) and/or --cache_dir (preprocessed videos)")
+        if not self.reward_funcs:
+            raise ValueError("give at least one reward in --reward_funcs")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"max_train_samples must be at least 1, got {self.max_train_samples}")
+        self.to_settings()  # fails fast on impossible video settings

@@ -1,0 +1,180 @@
+"""Training entry point: recipe -> checks -> data -> model -> rewards -> VideoGRPOTrainer -> checkpoint.
+
+    python -m open_r1.grpo_video --config recipes/charades/grpo_qwen2_5_vl_7b.yaml --cache_dir cache/charades
+    torchrun --nproc_per_node 4 -m open_r1.grpo_video --config ... --per_device_train_batch_size 8  # CLI overrides
+
+Everything that can be checked without the model (annotation files, a cached or raw video for every row, reward
+names, batch-size arithmetic) is checked first, so a typo fails in seconds instead of after loading 7B weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig, ModelConfig, TrlParser
+
+from open_r1.configs import GRPOScriptArguments
+
+logger = logging.getLogger(__name__)
+
+NUM_MISSING_SHOWN = 5
+
+
+def load_rows(script_args: GRPOScriptArguments) -> list[dict]:
+    """The training queries: a bundled split by name, or a custom annotation file."""
+    from open_r1.data import load_annotations, load_split
+
+    if script_args.annotation_file is not None:
+        if not Path(script_args.annotation_file).is_file():
+            raise FileNotFoundError(f"annotation file not found: {script_args.annotation_file}")
+        rows = load_annotations(script_args.annotation_file)
+    else:
+        rows = load_split(script_args.dataset, script_args.split)
+    if script_args.max_train_samples is not None:
+        rows = rows[: script_args.max_train_samples]
+    if not rows:
+        raise ValueError("no training queries")
+    return rows
+
+
+def video_source(script_args: GRPOScriptArguments):
+    from open_r1.video import VideoSource
+
+    return VideoSource(script_args.to_settings(), cache_dir=script_args.cache_dir, video_dir=script_args.video_dir)
+
+
+def check_videos(rows: list[dict], source) -> None:
+    """Fail with a count and the first few ids when any row's video is neither cached nor on disk."""
+    video_ids = [row["video_id"] for row in rows]
+    missing = source.missing(video_ids)
+    if missing:
+        missing_set = set(missing)
+        num_rows = sum(video_id in missing_set for video_id in video_ids)
+        where = []
+        if source.cache is not None:
+            where.append(f"cache {source.cache.root}")
+        if source.video_dir is not None:
+            where.append(f"video folder {source.video_dir}")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(set(video_ids))} videos ({num_rows} of {len(rows)} queries) are in neither "
+            f"{' nor '.join(where)}; first missing: {', '.join(missing[:NUM_MISSING_SHOWN])}. Run "
+            "`python -m open_r1.preprocess` (or fix --video_dir / --cache_dir / the video settings)."
+        )
+
+
+def check_batch_sizes(training_args: GRPOConfig, num_rows: int) -> None:
+    """Explain the completion/prompt arithmetic that TRL enforces, in the terms of this task."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = training_args.per_device_train_batch_size * world
+    generation_batch = training_args.generation_batch_size or per_step * training_args.steps_per_generation
+    if generation_batch % training_args.num_generations:
+        raise ValueError(
+            f"each generation samples {generation_batch} completions (per_device_train_batch_size "
+            f"{training_args.per_device_train_batch_size} x {world} processes x steps_per_generation "
+            f"{training_args.steps_per_generation}); that must be a multiple of num_generations "
+            f"({training_args.num_generations}): batch sizes count completions, not prompts"
+        )
+    prompts = generation_batch // training_args.num_generations
+    if prompts > num_rows:
+        raise ValueError(f"one generation needs {prompts} distinct queries but the dataset has {num_rows}")
+    logger.info(
+        "%d queries per generation x %d completions; %d processes", prompts, training_args.num_generations, world
+    )
+
+
+def build_dataset(rows: list[dict], script_args: GRPOScriptArguments):
+    """Rows -> a ``datasets.Dataset`` with the columns the trainer and the rewards read."""
+    from datasets import Dataset
+
+    from open_r1.prompts import build_conversation
+
+    think = not script_args.no_think
+    return Dataset.from_list(
+        [
+            {
+                "prompt": build_conversation(row["query"], think=think, video_first=script_args.video_first),
+                "video_id": row["video_id"],
+                "query_id": row["query_id"],
+                # Reward contract: every ground-truth window (the best-matching one counts).
+                "solution": [list(map(float, window)) for window in row["windows"]],
+                "duration": float(row["duration"]),
+            }
+            for row in rows
+        ]
+    )
+
+
+def resolve_checkpoint(training_args: GRPOConfig) -> str | None:
+    """``--resume_from_checkpoint`` accepts a folder, or ``latest``/``true`` for the newest one in output_dir."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "none", ""):
+        return None
+    if str(value).lower() in ("latest", "true"):
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            raise FileNotFoundError(f"no checkpoint-* folder in {training_args.output_dir} to resume from")
+        return last
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"checkpoint folder not found: {value}")
+    return value
+
+
+def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
+    """Train and save; returns the trainer (its ``state.log_history`` holds every logged reward)."""
+    from open_r1.modeling import load_model, load_processor
+    from open_r1.rewards import get_reward_funcs
+    from open_r1.trainer import VideoGRPOTrainer
+
+    if model_args.model_name_or_path is None:
+        raise ValueError("give --model_name_or_path")
+    # Checks that need no model.
+    reward_funcs = get_reward_funcs(script_args.reward_funcs)
+    rows = load_rows(script_args)
+    source = video_source(script_args)
+    check_videos(rows, source)
+    check_batch_sizes(training_args, len(rows))
+    checkpoint = resolve_checkpoint(training_args)
+    if training_args.remove_unused_columns:
+        logger.info("remove_unused_columns forced to False: the rewards read the solution and duration columns")
+        training_args.remove_unused_columns = False
+    dataset = build_dataset(rows, script_args)
+    logger.info("%d training queries over %d videos", len(rows), len({r["video_id"] for r in rows}))
+
+    model = load_model(
+        model_args.model_name_or_path,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    processor = load_processor(model_args.model_name_or_path)
+    trainer = VideoGRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=processor,
+        video_loader=source.get,
+        freeze_vision_tower=script_args.freeze_vision_tower,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    # Model and processor together, so `evaluate.py --model_base OUTPUT_DIR` works.
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+    return trainer
+
+
+def cli(argv: list[str] | None = None):
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    parser = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    return main(script_args, training_args, model_args)
+
+
+if __name__ == "__main__":
+    cli()
