@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m open_r1.preprocess",
         description="Decode each video once (qwen-vl-utils sampling and resizing) into a resumable safetensors cache.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "sources",

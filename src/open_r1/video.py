@@ -171,7 +171,7 @@ def _decode_decord(path: Path, settings: VideoSettings, num_threads: int) -> Vid
     total_frames, video_fps = len(reader), float(reader.get_avg_fps())
     if total_frames == 0:
         raise VideoDecodeError("video has no frames")
-    height, width = reader[0].shape[:2] if total_frames else (0, 0)
+    height, width = reader[0].shape[:2]
     indices, size = _plan(total_frames, video_fps, height, width, settings)
     chunks = []
     try:
