@@ -151,6 +151,17 @@ def test_real_videos_match_qwen_vl_utils(name):
     assert_same_as_reference(clip, path)
 
 
+def test_default_decode_is_timezero_process_vision_info_call():
+    # TimeZero's message: total_pixels and min_pixels only, qwen-vl-utils' defaults (2 fps, 768 frames) for the rest.
+    path = REAL_VIDEOS["carphone_pristine"]
+    video = {"type": "video", "video": str(path), "total_pixels": 3584 * 28 * 28, "min_pixels": 16 * 28 * 28}
+    messages = [{"role": "user", "content": [video, {"type": "text", "text": "the person waves."}]}]
+    _, videos, kwargs = vision_process.process_vision_info(messages, return_video_kwargs=True)
+    clip = decode_video(path)
+    assert torch.equal(clip.frames.float(), videos[0])
+    assert kwargs["fps"] == [clip.sample_fps]
+
+
 @pytest.mark.parametrize("name", ["ntsc_odd", "portrait", "low_fps"])
 def test_synthetic_videos_match_qwen_vl_utils(clips, name):
     assert_same_as_reference(decode_video(clips[name]), clips[name])

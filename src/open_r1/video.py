@@ -465,6 +465,7 @@ class VideoSource:
         self.cache = VideoCache(cache_dir) if cache_dir is not None else None
         self.video_dir = Path(video_dir) if video_dir is not None else None
         self.decoder = decoder
+        self._warned_about_cache = False
         if self.cache is None and self.video_dir is None:
             raise ValueError("VideoSource needs a cache_dir, a video_dir, or both")
 
@@ -483,6 +484,10 @@ class VideoSource:
                 return self.cache.load(video_id, self.settings)
             except CacheEntryError as error:
                 cache_problem = str(error)
+                if cache_problem != "no cache entry" and not self._warned_about_cache:
+                    # Usually a cache built with other --fps/--total_pixels: every video is then decoded again.
+                    logger.warning("cache entry %s not used (%s); decoding the video instead", video_id, cache_problem)
+                    self._warned_about_cache = True
         path = self.video_path(video_id)
         if path is None:
             where = f" in {self.video_dir}" if self.video_dir is not None else ""
