@@ -1,9 +1,14 @@
 """The training entry point end to end on a synthetic dataset of real mp4 files, and its early checks."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
+from trl import GRPOConfig, ModelConfig, TrlParser
 
+from open_r1.configs import GRPOScriptArguments
 from open_r1.grpo_video import cli
 from open_r1.modeling import build_tiny_model, load_model, load_processor
 from open_r1.synthetic import make_grounding_dataset
@@ -115,3 +120,86 @@ def test_needs_videos_or_cache(setup, tmp_path):
 def test_tiny_model_fixture_is_small(setup):
     _, _, _, model = setup
     assert sum(p.numel() for p in load_model(model).parameters()) < 2_000_000
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*/grpo_*.yaml")), ids=lambda p: p.parent.name)
+def test_recipes_state_the_paper_settings(recipe, tmp_path):
+    parser = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(
+        args=["--config", str(recipe), "--output_dir", str(tmp_path), "--bf16", "false", "--use_cpu", "true"]
+    )
+    assert model_args.model_name_or_path == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert model_args.dtype == "bfloat16" and model_args.attn_implementation == "flash_attention_2"
+    paper = {
+        "num_generations": 8,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 2,
+        "beta": 0.04,
+        "loss_type": "grpo",
+        "num_iterations": 1,
+        "learning_rate": 1e-6,
+        "max_completion_length": 1024,
+        "temperature": 1.0,
+        "num_train_epochs": 1,
+        "gradient_checkpointing": True,
+        "save_steps": 50,
+        "report_to": ["wandb"],
+    }
+    for key, value in paper.items():
+        assert getattr(training_args, key) == value, key
+    assert script_args.reward_funcs == ["iou", "format"]
+    assert script_args.freeze_vision_tower
+    assert (script_args.video_fps, script_args.video_total_pixels, script_args.video_min_pixels) == (
+        2.0,
+        3584 * 28 * 28,
+        16 * 28 * 28,
+    )
+    assert script_args.dataset == recipe.parent.name
+
+
+@pytest.mark.parametrize("cwd", ["", "scripts"])
+def test_launcher_from_root_and_scripts(cwd, tmp_path):
+    """The launcher finds the recipe from either folder, reads the multi-node variables and passes flags through."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "torchrun").write_text('#!/usr/bin/env bash\necho "PWD=$PWD"\nprintf "%s\\n" "$@"\n')
+    (fake / "torchrun").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{fake}:{os.environ['PATH']}",
+        "NNODES": "2",
+        "NODE_RANK": "1",
+        "MASTER_ADDR": "10.0.0.1",
+        "MASTER_PORT": "1234",
+        "GPUS_PER_NODE": "8",
+    }
+    result = subprocess.run(
+        ["bash", "run_grpo_video.sh" if cwd else "scripts/run_grpo_video.sh", "--save_steps", "7"],
+        cwd=REPO / cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert f"PWD={REPO}" in lines
+    args = lines[lines.index(f"PWD={REPO}") + 1 :]
+    assert args[args.index("--nnodes") + 1] == "2" and args[args.index("--node_rank") + 1] == "1"
+    assert args[args.index("--nproc_per_node") + 1] == "8"
+    assert args[args.index("--master_addr") + 1] == "10.0.0.1" and args[args.index("--master_port") + 1] == "1234"
+    assert (REPO / args[args.index("--config") + 1]).is_file()
+    assert (REPO / args[args.index("--deepspeed") + 1]).is_file()
+    assert args[-2:] == ["--save_steps", "7"]
+
+
+@pytest.mark.parametrize("name", ["zero3_offload", "zero3", "zero2"])
+def test_deepspeed_configs(name):
+    config = json.loads((REPO / "scripts" / f"{name}.json").read_text())
+    stage = config["zero_optimization"]["stage"]
+    assert stage == (2 if name == "zero2" else 3)
+    assert ("offload_param" in config["zero_optimization"]) == (name == "zero3_offload")
+    # "auto" lets the HF integration fill batch sizes from the recipe, so the two never disagree.
+    assert config["train_micro_batch_size_per_gpu"] == "auto"
