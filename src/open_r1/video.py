@@ -213,7 +213,6 @@ def _pyav_frames(path: Path, wanted: list[int], size: tuple[int, int] | None):
     kept: dict[int, torch.Tensor] = {}
     pending_idx: list[int] = []
     pending: list[np.ndarray] = []
-    source_size = None
 
     def flush():
         if pending:
@@ -228,8 +227,6 @@ def _pyav_frames(path: Path, wanted: list[int], size: tuple[int, int] | None):
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            if source_size is None:
-                source_size = (frame.height, frame.width)
             if count in wanted_set:
                 pending.append(frame.to_ndarray(format="rgb24"))
                 pending_idx.append(count)
@@ -237,7 +234,7 @@ def _pyav_frames(path: Path, wanted: list[int], size: tuple[int, int] | None):
                     flush()
             count += 1
     flush()
-    return kept, count, source_size
+    return kept, count
 
 
 def _decode_pyav(path: Path, settings: VideoSettings) -> VideoClip:
@@ -250,13 +247,13 @@ def _decode_pyav(path: Path, settings: VideoSettings) -> VideoClip:
         # The packet count is what the container promises; the decoded count is the truth. Plan with the first and
         # decode again only if they disagree.
         indices, size = _plan(total_frames, video_fps, height, width, settings)
-        kept, decoded, _ = _pyav_frames(path, indices, size)
+        kept, decoded = _pyav_frames(path, indices, size)
         if decoded == 0:
             raise VideoDecodeError("video has no decodable frames")
         if decoded != total_frames:
             total_frames = decoded
             indices, size = _plan(total_frames, video_fps, height, width, settings)
-            kept, _, _ = _pyav_frames(path, indices, size)
+            kept, _ = _pyav_frames(path, indices, size)
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as error:
