@@ -275,14 +275,18 @@ def plot_predictions(records: Sequence[dict[str, Any]], path: str | Path, num_qu
     ax_lines.set_xlim(0, 1)
     ax_lines.set_xlabel("time / video duration")
     ax_lines.set_title("ground truth (green) vs prediction (orange)")
-    grid = [i / 100 for i in range(101)]
+    # m = 0 would count every query (IoU >= 0), so the curve starts just above it.
+    grid = [i / 100 for i in range(1, 101)]
     ax_curve.plot(grid, [100 * recall_at(ious, m) for m in grid], color="#264653")
-    for m in THRESHOLDS:
-        r1 = 100 * recall_at(ious, m)
-        ax_curve.plot([m], [r1], "o", color="#e76f51")
-        ax_curve.annotate(f"R1@{m:g} = {r1:.1f}", (m, r1), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    r1s = [100 * recall_at(ious, m) for m in THRESHOLDS]
+    ax_curve.plot(THRESHOLDS, r1s, "o", color="#e76f51")
+    summary = "\n".join(f"R1@{m:g} = {r1:.2f}" for m, r1 in zip(THRESHOLDS, r1s))
+    ax_curve.text(
+        0.97, 0.97, summary, transform=ax_curve.transAxes, ha="right", va="top", fontsize=9, family="monospace"
+    )
     ax_curve.set_xlabel("IoU threshold m")
     ax_curve.set_ylabel("R1@m (%)")
+    ax_curve.set_xlim(0, 1)
     ax_curve.set_ylim(0, 100)
     ax_curve.set_title(f"{len(records)} queries, mIoU {100 * sum(ious) / max(1, len(ious)):.2f}")
     ax_curve.grid(alpha=0.3)
