@@ -159,6 +159,7 @@ class PreprocessSummary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    missing: int = 0  # failures because the video file does not exist
     redone: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
@@ -170,7 +171,8 @@ class PreprocessSummary:
 
     def describe(self) -> str:
         return (
-            f"done {self.done} (redone {self.redone}), skipped {self.skipped} (already cached), failed {self.failed}; "
+            f"done {self.done} (redone {self.redone}), skipped {self.skipped} (already cached), "
+            f"failed {self.failed} ({self.missing} missing files); "
             f"{self.bytes_written / 2**20:.1f} MiB written in {self.seconds:.1f} s "
             f"({self.videos_per_second:.2f} videos/s)"
         )
@@ -289,13 +291,21 @@ def preprocess_videos(
         redo = "" if problem == "no cache entry" else problem
         tasks.append(_Task(video_id, str(source) if source is not None else None, redo))
 
-    missing = sum(task.source is None for task in tasks)
+    missing = [task.video_id for task in tasks if task.source is None]
+    if missing:
+        logger.warning(
+            "%d of %d videos have no file in the video folder (e.g. %s)%s; they are recorded as failures",
+            len(missing),
+            len(videos),
+            ", ".join(missing[:3]),
+            " - is --video_dir right?" if len(missing) == len(videos) else "",
+        )
     logger.info(
         "%d videos: %d already cached, %d to process (%d files missing) with %s, %d worker(s); settings %s",
         len(videos),
         summary.skipped,
         len(tasks),
-        missing,
+        len(missing),
         decoder,
         num_workers,
         settings_key(settings),
@@ -322,7 +332,10 @@ def preprocess_videos(
                 record["time"] = _now()
                 summary.failed += 1
                 summary.failures.append((record["video_id"], record["reason"]))
-                logger.warning("failed %s: %s", record["video_id"], record["reason"])
+                if record["source"] is None:
+                    summary.missing += 1  # already announced above, not worth a line each
+                else:
+                    logger.warning("failed %s: %s", record["video_id"], record["reason"])
             else:
                 summary.done += 1
                 summary.redone += bool(record.get("redone_because"))
