@@ -249,6 +249,16 @@ def test_arguments_fail_fast():
         EvalArguments(model_base="m", video_dir=".", batch_size=0)
 
 
+@pytest.mark.gpu
+def test_cuda_bf16_run_matches_the_cpu_failure_accounting(setup, full_run):
+    import torch
+
+    full_metrics, _ = full_run
+    metrics = ev.run_evaluation(make_args(setup, "cuda"))  # auto: bf16 and the best attention kernel on the GPU
+    assert torch.cuda.max_memory_allocated() > 0
+    assert metrics["num_queries"] == NUM_QUERIES and metrics["failures"] == full_metrics["failures"]
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_from_scripts_folder(setup, full_run):
     full_metrics, _ = full_run

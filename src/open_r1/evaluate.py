@@ -492,7 +492,10 @@ def _load_clips(source, queries: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 clips[video_id] = ("missing_video", f"no cached or raw video for {video_id}")
             else:
                 clips[video_id] = source.get(video_id)
-        except (VideoDecodeError, OSError, RuntimeError, ValueError) as exc:
+        except VideoDecodeError as exc:
+            clips[video_id] = ("decode_error", str(exc))
+        except Exception as exc:  # a decoder crash on one file must not end the run; it is scored 0 and reported
+            logger.warning("decoding %s failed: %s: %s", video_id, type(exc).__name__, exc)
             clips[video_id] = ("decode_error", f"{type(exc).__name__}: {exc}")
     return clips
 
@@ -651,7 +654,17 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch) -> dict[str, 
         metrics["model_base"] = str(args.model_base)
         _write_json_atomic(output_dir / METRICS_FILE, metrics)
         plot_predictions(records, output_dir / PLOT_FILE, args.num_plot_queries)
-        logger.info("\n%s", format_table(metrics, title=f"{name} ({output_dir})"))
+        logger.info(
+            "%s: R1@0.3 %.2f, R1@0.5 %.2f, R1@0.7 %.2f, mIoU %.2f over %d queries (%d failed) -> %s",
+            name,
+            metrics["R1@0.3"],
+            metrics["R1@0.5"],
+            metrics["R1@0.7"],
+            metrics["mIoU"],
+            metrics["num_queries"],
+            metrics["num_failed"],
+            output_dir / METRICS_FILE,
+        )
     _barrier()
     metrics = json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
     metrics["output_dir"] = str(output_dir)
