@@ -4,6 +4,7 @@ The fixture split has 8 queries: 6 on decodable synthetic videos, one on a video
 file that is not a video, so every failure kind that does not need a model shows up in the denominators.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -156,7 +157,7 @@ class OracleGenerator:
 
 def test_loop_scores_answers_and_isolates_a_failing_query(setup, monkeypatch):
     monkeypatch.setattr(ev, "_Generator", OracleGenerator)
-    metrics = ev.run_evaluation(make_args(setup, "oracle"))
+    metrics = ev.run_evaluation(dataclasses.asdict(make_args(setup, "oracle")))  # the demo passes a plain dict
     # 8 queries: 4 exact, 1 at IoU 0.5, 1 generation error (its batch is retried query by query), 2 video failures.
     assert metrics["failures"] == {"no_answer": 0, "missing_video": 1, "decode_error": 1, "generation_error": 1}
     assert (metrics["R1@0.3"], metrics["R1@0.5"], metrics["R1@0.7"]) == (62.5, 62.5, 50.0)

@@ -336,10 +336,8 @@ def resolve_queries(args: EvalArguments) -> tuple[list[dict[str, Any]], str]:
         rows = load_annotations(args.annotation_file)
         name = Path(args.annotation_file).stem
     else:
-        split = args.split or DEFAULT_SPLITS.get(args.dataset)
-        if split is None:
-            split = next(iter(DATASETS.get(args.dataset, {"": ""})))
-        split_path(args.dataset, split)  # raises with the list of valid names
+        split = args.split or DEFAULT_SPLITS.get(args.dataset) or next(iter(DATASETS.get(args.dataset, {})), "")
+        split_path(args.dataset, split)  # unknown names raise here, listing the valid ones
         rows = load_split(args.dataset, split)
         name = f"{args.dataset}_{split}"
     if args.max_queries is not None:
@@ -556,13 +554,19 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def run_evaluation(args: EvalArguments) -> dict[str, Any]:
+def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
     """Evaluate ``args.model_base`` on a split; returns :func:`compute_metrics` over all its queries.
 
     Resumes from the predictions already in the output folder (each query is generated once). Under torchrun each
     rank takes every WORLD_SIZE-th query, writes its own shard, and rank 0 merges them at the end; every rank returns
-    the same metrics. With ``args.rescore`` set, only rescores that file.
+    the same metrics (plus ``output_dir``). With ``args.rescore`` set, only rescores that file.
+
+    Example (from Python, e.g. after training)::
+
+        run_evaluation({"model_base": "outputs/ckpt", "dataset": "charades", "cache_dir": "cache/charades"})
     """
+    if isinstance(args, dict):
+        args = EvalArguments(**args)
     if args.rescore is not None:
         return rescore_predictions(args.rescore)
     queries, name = resolve_queries(args)
