@@ -43,8 +43,9 @@ logger = logging.getLogger(__name__)
 THRESHOLDS = (0.3, 0.5, 0.7)
 # What can go wrong with one query; each scores IoU 0 and is counted under its name in metrics.json.
 FAILURE_KINDS = ("no_answer", "missing_video", "decode_error", "generation_error")
-# IoU is a ratio of differences of decimal seconds, so an overlap that is exactly 0.3 on paper can land one ulp below
-# 0.3 in floating point: (0.7 - 0.4) / 1.0 = 0.29999999999999993. The paper counts IoU >= m, so such ties count.
+# IoU is a ratio of differences of decimal seconds, so an IoU that is exactly m on paper can land an ulp or two below m
+# in floating point: prediction 0.2-2.3 s against ground truth 0.2-7.2 s gives 0.29999999999999993. The paper counts
+# IoU >= m, so such ties count.
 IOU_TIE_EPS = 1e-9
 
 # Each split's default when --split is not given: the split the paper (or the benchmark's authors) report.
