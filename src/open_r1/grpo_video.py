@@ -123,7 +123,7 @@ def resolve_checkpoint(training_args: GRPOConfig) -> str | None:
     return value
 
 
-def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
+def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig, callbacks=None):
     """Train and save; returns the trainer (its ``state.log_history`` holds every logged reward)."""
     from open_r1.modeling import load_model, load_processor
     from open_r1.rewards import get_reward_funcs
@@ -158,6 +158,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         processing_class=processor,
         video_loader=source.get,
         freeze_vision_tower=script_args.freeze_vision_tower,
+        callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=checkpoint)
     # Model and processor together, so `evaluate.py --model_base OUTPUT_DIR` works.

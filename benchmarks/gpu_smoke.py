@@ -1,0 +1,252 @@
+"""GPU smoke test and step benchmark (run through benchmarks/gpu_smoke.sh).
+
+Stage ``tiny``: the pipeline on CUDA in bf16 with sdpa: synthetic clips written to a video cache, a tiny random
+Qwen2.5-VL, GRPO steps through ``open_r1.grpo_video.main``, then ``open_r1.evaluate.run_evaluation`` on the checkpoint.
+The clips are drawn in memory and cached directly, so no video codec wheel is needed on the GPU machine.
+
+Stage ``7b``: GRPO steps of the real Qwen2.5-VL-7B architecture (random weights from the bundled config) at the
+paper's shapes: one query with ~3.6k video tokens (64 frames of 224x392 at 2 fps), 8 completions of exactly
+``--completion_tokens`` tokens, beta 0.04 (reference forward included), gradient checkpointing, bf16. Prints seconds
+per step, tokens per second and peak GPU memory, and writes them as JSON.
+
+    python benchmarks/gpu_smoke.py --stage tiny --out /tmp/smoke
+    python benchmarks/gpu_smoke.py --stage 7b --out /tmp/smoke [--deepspeed scripts/zero3_offload.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from open_r1.configs import GRPOScriptArguments, VideoSettings  # noqa: E402
+from open_r1.video import VideoCache, VideoClip  # noqa: E402
+
+
+def square_clip(num_frames: int, height: int, width: int, start: int, end: int, fps: float = 2.0) -> VideoClip:
+    """A dark clip with a red square on frames [start, end): what the synthetic mp4s show, drawn in memory."""
+    frames = torch.full((num_frames, 3, height, width), 30, dtype=torch.uint8)
+    side = min(height, width) // 3
+    frames[start:end, 0, :side, :side] = 220
+    return VideoClip(
+        frames=frames,
+        sample_fps=fps,
+        frame_indices=list(range(num_frames)),
+        duration=num_frames / fps,
+        source_fps=fps,
+        source_size=(height, width),
+        decoder="memory",
+        source_num_frames=num_frames,
+    )
+
+
+def write_dataset(out: Path, settings: VideoSettings, num_videos: int, num_frames: int, height: int, width: int):
+    """Cache ``num_videos`` clips and write a TimeZero-format annotation file for them."""
+    cache = VideoCache(out / "cache")
+    annotations = {}
+    for index in range(num_videos):
+        start = 2 + index % 4
+        end = min(num_frames, start + 4 + index % 3)
+        video_id = f"smoke_{index:03d}"
+        cache.save(video_id, square_clip(num_frames, height, width, start, end, settings.fps), settings)
+        annotations[video_id] = {
+            "duration": num_frames / settings.fps,
+            "timestamps": [[start / settings.fps, end / settings.fps]],
+            "sentences": ["the red square appears."],
+        }
+    path = out / "annotations.json"
+    path.write_text(json.dumps(annotations))
+    return path
+
+
+class StepTimer:
+    """Trainer callback: wall time of every optimizer step (CUDA synchronised)."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                torch.cuda.synchronize()
+                timer.started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                torch.cuda.synchronize()
+                timer.seconds.append(time.perf_counter() - timer.started)
+
+        self.seconds: list[float] = []
+        self.started = 0.0
+        self.callback = _Callback()
+
+
+def stage_tiny(out: Path) -> dict:
+    from trl import GRPOConfig, ModelConfig
+
+    from open_r1.configs import EvalArguments
+    from open_r1.evaluate import run_evaluation
+    from open_r1.grpo_video import main as train
+    from open_r1.modeling import build_tiny_model
+
+    video = {"video_fps": 2.0, "video_min_pixels": 56 * 56, "video_total_pixels": 56 * 56 * 16}
+    settings = VideoSettings(fps=2.0, min_pixels=56 * 56, total_pixels=56 * 56 * 16)
+    annotations = write_dataset(out, settings, num_videos=8, num_frames=16, height=56, width=56)
+    model_dir = build_tiny_model(out / "tiny_model")
+    script_args = GRPOScriptArguments(annotation_file=str(annotations), cache_dir=str(out / "cache"), **video)
+    training_args = GRPOConfig(
+        output_dir=str(out / "tiny_checkpoint"),
+        bf16=True,
+        per_device_train_batch_size=8,
+        num_generations=8,
+        max_completion_length=32,
+        max_steps=4,
+        beta=0.04,
+        loss_type="grpo",
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+    model_args = ModelConfig(model_name_or_path=str(model_dir), dtype="bfloat16", attn_implementation="sdpa")
+    trainer = train(script_args, training_args, model_args)
+    device = str(next(trainer.model.parameters()).device)
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    metrics = run_evaluation(
+        EvalArguments(
+            model_base=str(out / "tiny_checkpoint"),
+            annotation_file=str(annotations),
+            cache_dir=str(out / "cache"),
+            output_dir=str(out / "tiny_eval"),
+            max_new_tokens=32,
+            dtype="bfloat16",
+            attn_implementation="sdpa",
+            overwrite=True,
+            **video,
+        )
+    )
+    return {
+        "trained_on": device,
+        "steps": len(logs),
+        "kl_last": logs[-1]["kl"],
+        "rewards_logged": sorted(k for k in logs[-1] if k.startswith("rewards/")),
+        "eval_num_queries": metrics["num_queries"],
+        "eval_mIoU": metrics["mIoU"],
+    }
+
+
+def build_random_7b(path: Path) -> Path:
+    """Save random weights for the real 7B config (initialised on the GPU, where it takes seconds)."""
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    from open_r1.modeling import ASSETS_DIR, load_processor
+
+    config = AutoConfig.from_pretrained(str(ASSETS_DIR))
+    started = time.perf_counter()
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(str(path))
+    load_processor(ASSETS_DIR).save_pretrained(str(path))
+    num_params = sum(p.numel() for p in model.parameters())
+    del model
+    torch.cuda.empty_cache()
+    print(
+        f"random 7B ({num_params / 1e9:.2f} B parameters) saved in {time.perf_counter() - started:.0f} s", flush=True
+    )
+    return path
+
+
+def stage_7b(out: Path, completion_tokens: int, steps: int, deepspeed: str | None) -> dict:
+    from trl import GRPOConfig, ModelConfig
+
+    from open_r1.grpo_video import main as train
+
+    # 64 frames of 224x392 at 2 fps: 32 temporal steps x (8 x 14) merged patches = 3,584 video tokens, the paper's
+    # budget of 3584 * 28 * 28 pixels.
+    settings = VideoSettings(fps=2.0)
+    annotations = write_dataset(out, settings, num_videos=4, num_frames=64, height=224, width=392)
+    model_dir = build_random_7b(out / "random_7b")
+    script_args = GRPOScriptArguments(annotation_file=str(annotations), cache_dir=str(out / "cache"))
+    timer = StepTimer()
+    training_args = GRPOConfig(
+        output_dir=str(out / "7b_run"),
+        bf16=True,
+        per_device_train_batch_size=8,
+        num_generations=8,
+        max_completion_length=completion_tokens,
+        # Every completion is exactly `completion_tokens` long: fixed work per step.
+        generation_kwargs={"min_new_tokens": completion_tokens},
+        max_steps=steps,
+        beta=0.04,
+        loss_type="grpo",
+        learning_rate=1e-6,
+        gradient_checkpointing=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        deepspeed=deepspeed,
+    )
+    model_args = ModelConfig(model_name_or_path=str(model_dir), dtype="bfloat16", attn_implementation="sdpa")
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    trainer = train(script_args, training_args, model_args, callbacks=[timer.callback])
+    total = time.perf_counter() - started
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    prompt_tokens = int(logs[-1]["num_tokens"] - (logs[-2]["num_tokens"] if len(logs) > 1 else 0))
+    seconds = timer.seconds[-1]
+    return {
+        "device": torch.cuda.get_device_name(),
+        "deepspeed": deepspeed,
+        "video_tokens_per_query": 32 * 8 * 14,
+        "completions_per_step": 8,
+        "completion_tokens": completion_tokens,
+        "tokens_per_step": prompt_tokens,
+        "step_seconds": [round(s, 2) for s in timer.seconds],
+        "seconds_per_step": round(seconds, 2),
+        "tokens_per_second": round(prompt_tokens / seconds, 1),
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        "total_seconds_with_loading": round(total, 1),
+        "kl_last": logs[-1].get("kl"),
+        "mean_completion_length": logs[-1]["completions/mean_length"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=["tiny", "7b"], required=True)
+    parser.add_argument("--out", required=True, help="Scratch folder (the 7b stage writes ~17 GB of weights).")
+    parser.add_argument("--completion_tokens", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=2, help="7b: GRPO steps; the last one is reported.")
+    parser.add_argument("--deepspeed", default=None, help="7b: DeepSpeed config (e.g. scripts/zero3_offload.json).")
+    parser.add_argument("--json", default=None, help="Append the result as one JSON line to this file.")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("CUDA is not available", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.stage == "tiny":
+        result = {"stage": "tiny", **stage_tiny(out / "tiny")}
+    else:
+        result = {"stage": "7b", **stage_7b(out / "7b", args.completion_tokens, args.steps, args.deepspeed)}
+    line = json.dumps(result)
+    print(line, flush=True)
+    if args.json:
+        with open(args.json, "a") as handle:
+            handle.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
