@@ -1,0 +1,81 @@
+"""Run ``open_r1.grpo_video`` under torchrun on CPU and record what tests/test_distributed.py compares.
+
+    torchrun --nproc_per_node 2 tests/_dist_train.py --record DIR [grpo_video flags ...]
+
+The training itself is the entry point's ``cli``, unchanged. This driver only adds what a test needs around it:
+
+- a dense reward, registered the way a researcher adds one (``REWARD_FUNCS[name] = fn``): the random tiny model
+  never earns an IoU or format reward, and all-equal rewards give zero advantages and a zero gradient, which would
+  make "same grad norm" trivially true;
+- that reward also records the completion ids each rank scored, so the test can check both backends sampled the
+  same rollouts before comparing their gradients;
+- with ``--deepspeed`` and no CUDA, the process group must be gloo. TrainingArguments leaves the DeepSpeed backend to
+  DeepSpeed's CPU accelerator, whose default is not gloo, so the driver configures the state first
+  (``ACCELERATE_USE_DEEPSPEED=true`` + ``PartialState(backend="gloo")``) and tells the trainer to use it
+  (``--accelerator_config '{"use_configured_state": true}'``).
+
+Each rank writes ``DIR/rank<r>.json``: the trainer's ``log_history`` and the completion ids per rollout.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+# Half of the tiny model's 2k base vocabulary: a random policy scores around 0.5 with a spread across completions.
+LOW_TOKEN_LIMIT = 1024
+
+_rollouts: list[list[list[int]]] = []
+
+
+def low_token_reward(completion_ids, **kwargs) -> list[float]:
+    """Share of completion tokens with an id below ``LOW_TOKEN_LIMIT`` (dense, deterministic, varies per sample)."""
+    _rollouts.append([list(map(int, ids)) for ids in completion_ids])
+    return [sum(int(t) < LOW_TOKEN_LIMIT for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--record", required=True, type=Path, help="folder for the per-rank JSON records")
+    args, train_argv = parser.parse_known_args(argv)
+
+    from open_r1.grpo_video import cli
+    from open_r1.rewards import REWARD_FUNCS
+
+    REWARD_FUNCS["low_token"] = low_token_reward
+
+    if "--deepspeed" in train_argv:
+        import torch
+        from accelerate import PartialState
+
+        if not torch.cuda.is_available():
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+            PartialState(backend="gloo")
+            train_argv += ["--accelerator_config", json.dumps({"use_configured_state": True})]
+
+    trainer = cli(train_argv)
+
+    rank = trainer.accelerator.process_index
+    args.record.mkdir(parents=True, exist_ok=True)
+    record = {
+        "world_size": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "log_history": trainer.state.log_history,
+        "rollouts": _rollouts,
+    }
+    if trainer.is_deepspeed_enabled:
+        engine = trainer.model_wrapped
+        params = list(engine.parameters())
+        record["zero_stage"] = engine.zero_optimization_stage()
+        record["offload_param"] = str(getattr(engine.zero_offload_param(), "device", None))
+        record["offload_optimizer"] = engine.zero_cpu_offload()
+        record["optimizer"] = type(engine.basic_optimizer).__name__
+        # Under ZeRO-3 each rank holds a shard: the local tensor is empty and ds_numel is the full size.
+        record["local_numel"] = sum(p.numel() for p in params)
+        record["full_numel"] = sum(getattr(p, "ds_numel", p.numel()) for p in params)
+        record["local_shard_numel"] = sum(p.ds_tensor.numel() for p in params if hasattr(p, "ds_tensor"))
+    (args.record / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
