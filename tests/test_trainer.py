@@ -172,6 +172,26 @@ def test_two_steps_log_rewards_and_train_only_the_llm(tiny_path, tmp_path):
 
 
 @pytest.mark.slow
+def test_accumulation_and_reused_rollouts(tiny_path, tmp_path, monkeypatch):
+    """The recipe's shape (2 micro-batches per rollout) plus num_iterations=2, where TRL needs old-policy log-probs."""
+    trainer = make_trainer(tiny_path, tmp_path, gradient_accumulation_steps=2, num_iterations=2, max_steps=2)
+    assert trainer.args.steps_per_generation == 2
+    calls = []
+    original = type(trainer)._get_per_token_logps_and_entropies
+
+    def spy(self, model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        calls.append(self._video_inputs is not None)
+        return original(self, model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+    monkeypatch.setattr(type(trainer), "_get_per_token_logps_and_entropies", spy)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    # 1 rollout: old policy + reference, then 2 iterations x 2 micro-batches of policy passes; all with video.
+    assert len(calls) == 2 + 4 and all(calls)
+
+
+@pytest.mark.slow
 def test_unfrozen_vision_tower_trains(tiny_path, tmp_path):
     model = load_model(tiny_path)
     trainer = VideoGRPOTrainer(
@@ -229,3 +249,22 @@ def test_grpo_learns_a_dense_reward(tiny_path, tmp_path):
     # Observed: ~0.5 over the first 5 steps (chance), 1.0 over the last 5.
     assert end > start + 0.3, rewards
     assert end > 0.85, rewards
+
+
+@pytest.mark.slow
+def test_one_step_with_the_real_152k_tokenizer(tmp_path):
+    """The full Qwen vocabulary (ids of the vision tokens, chat template, output layer) trains too."""
+    path = build_tiny_model(tmp_path / "tiny_real_vocab", small_vocab=False)
+    processor = load_processor(path)
+    assert len(processor.tokenizer) == 151665
+    trainer = VideoGRPOTrainer(
+        load_model(path),
+        [length_reward],
+        args=config(tmp_path, max_steps=1, per_device_train_batch_size=2, num_generations=2, max_completion_length=4),
+        train_dataset=dataset(),
+        processing_class=processor,
+        video_loader=CLIPS.__getitem__,
+    )
+    assert 151656 in trainer.generation_config.suppress_tokens  # <|video_pad|> in the real vocabulary
+    trainer.train()
+    assert trainer.state.global_step == 1
