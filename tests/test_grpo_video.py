@@ -50,9 +50,11 @@ def base_args(setup, output_dir, *extra):
 @pytest.mark.slow
 def test_trains_and_saves_a_loadable_checkpoint(setup, tmp_path):
     out = tmp_path / "run"
-    trainer = cli(base_args(setup, out, "--max_steps", "2"))
+    trainer = cli(base_args(setup, out, "--max_steps", "2", "--log_completions", "true"))
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert len(logs) == 2
+    # A sample of completions with their rewards, per logging step.
+    assert len(list((out / "completions").glob("completions_*.parquet"))) == 2
     for key in ("rewards/iou_reward/mean", "rewards/format_reward/mean", "kl", "completions/mean_length"):
         assert all(key in e for e in logs), key
     # Model and processor side by side: what evaluate.py --model_base needs.
@@ -99,6 +101,15 @@ def test_missing_videos_are_counted_before_the_model_loads(setup, tmp_path):
     args[args.index("--annotation_file") + 1] = str(bad)
     args[args.index("--model_name_or_path") + 1] = str(tmp_path / "no_model_here")
     with pytest.raises(FileNotFoundError, match=r"2 of 6 videos .*ghost_1, ghost_2"):
+        cli(args)
+
+
+def test_bundled_split_without_videos_fails_with_a_count(setup, tmp_path):
+    args = base_args(setup, tmp_path / "out")
+    i = args.index("--annotation_file")
+    args[i : i + 2] = ["--dataset", "charades"]
+    args[args.index("--video_dir") + 1] = str(tmp_path)  # an empty folder
+    with pytest.raises(FileNotFoundError, match=r"5338 of 5338 videos \(12408 of 12408 queries\)"):
         cli(args)
 
 
