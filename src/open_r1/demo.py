@@ -83,7 +83,7 @@ def run_demo(
         annotation_file=str(annotations), video_dir=str(video_dir), cache_dir=str(out / "cache"), **DEMO_VIDEO
     )
     videos = {row["video_id"]: find_video(video_dir, row["video_id"]) for row in rows}
-    preprocess_videos(videos, out / "cache", settings=script_args.to_settings(), decoder="pyav", progress=False)
+    preprocess_videos(videos, out / "cache", settings=script_args.to_settings(), progress=False)
 
     logger.info("3/5 building a tiny random Qwen2.5-VL")
     model_dir = build_tiny_model(out / "tiny_model", seed=seed)
@@ -146,6 +146,12 @@ def run_demo(
         curve,
         summary["seconds"],
     )
+    if not any(rewards):
+        logger.info(
+            "All rewards were 0, as expected from a random model: it never writes <answer>s to e</answer>, so every "
+            "group has zero reward spread, zero advantages and no update. Start from Qwen2.5-VL-7B-Instruct "
+            "(recipes/) for a learning run."
+        )
     return summary
 
 
