@@ -221,6 +221,14 @@ def test_rejects_remove_unused_columns(tiny_path, tmp_path):
         make_trainer(tiny_path, tmp_path, remove_unused_columns=True)
 
 
+def test_rejects_rollout_paths_that_drop_the_video(tiny_path, tmp_path):
+    # TRL's vLLM and continuous-batching rollouts tokenize prompts themselves and never see the video.
+    with pytest.raises(ValueError, match="use_vllm"):
+        make_trainer(tiny_path, tmp_path, use_vllm=True)
+    with pytest.raises(ValueError, match="use_transformers_continuous_batching"):
+        make_trainer(tiny_path, tmp_path, use_transformers_continuous_batching=True)
+
+
 LOW_IDS = 1024  # the first half of the small vocabulary
 
 

@@ -69,6 +69,14 @@ class VideoGRPOTrainer(GRPOTrainer):
     ):
         if video_loader is None:
             raise ValueError("VideoGRPOTrainer needs a video_loader (video_id -> VideoClip), e.g. VideoSource.get")
+        unsupported = [name for name in ("tools", "rollout_func", "environment_factory") if kwargs.get(name)]
+        if args is not None:
+            unsupported += [
+                flag for flag in ("use_vllm", "use_transformers_continuous_batching") if getattr(args, flag, False)
+            ]
+        if unsupported:
+            # These TRL paths build their own prompts and would silently drop the video.
+            raise ValueError(f"VideoGRPOTrainer does not support {', '.join(unsupported)}: they would drop the video")
         if args is not None and args.remove_unused_columns:
             # The video id and the reward columns (solution, duration) must reach the rollout and the rewards.
             raise ValueError("remove_unused_columns must be False: video_id and the reward columns are needed")
