@@ -66,6 +66,17 @@ def test_trains_and_saves_a_loadable_checkpoint(setup, tmp_path):
 
 
 @pytest.mark.slow
+def test_lora_saves_an_adapter(setup, tmp_path):
+    """--use_peft trains LoRA adapters; the reference pass is the base model with the adapter disabled."""
+    out = tmp_path / "lora"
+    flags = ["--max_steps", "1", "--use_peft", "true", "--lora_target_modules", "q_proj", "v_proj"]
+    trainer = cli(base_args(setup, out, *flags))
+    assert "kl" in trainer.state.log_history[0]
+    assert (out / "adapter_model.safetensors").is_file()
+    assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.slow
 def test_resumes_from_latest_checkpoint(setup, tmp_path):
     out = tmp_path / "run"
     cli(base_args(setup, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1"))

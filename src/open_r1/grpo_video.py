@@ -5,6 +5,8 @@
 
 Everything that can be checked without the model (annotation files, a cached or raw video for every row, reward
 names, batch-size arithmetic) is checked first, so a typo fails in seconds instead of after loading 7B weights.
+The output folder (and every checkpoint-N) holds the model and the processor: ``evaluate.py --model_base`` takes it.
+With ``--use_peft`` it holds a LoRA adapter instead (the paper trains the full LLM); merge it before evaluating.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
-from trl import GRPOConfig, ModelConfig, TrlParser
+from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
 from open_r1.configs import GRPOScriptArguments
 
@@ -159,6 +161,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         video_loader=source.get,
         freeze_vision_tower=script_args.freeze_vision_tower,
         callbacks=callbacks,
+        peft_config=get_peft_config(model_args),  # None unless --use_peft
     )
     trainer.train(resume_from_checkpoint=checkpoint)
     # Model and processor together, so `evaluate.py --model_base OUTPUT_DIR` works.
