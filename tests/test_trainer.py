@@ -245,7 +245,7 @@ def test_grpo_learns_a_dense_reward(tiny_path, tmp_path):
         reward_funcs=[low_token_reward],
         learning_rate=2e-2,
         lr_scheduler_type="constant",
-        max_steps=30,
+        max_steps=24,
         num_generations=8,
         per_device_train_batch_size=8,
         beta=0.0,
