@@ -9,17 +9,13 @@ The training itself is the entry point's ``cli``, unchanged. This driver only ad
   make "same grad norm" trivially true;
 - that reward also records the completion ids each rank scored, so the test can check both backends sampled the
   same rollouts before comparing their gradients;
-- with ``--deepspeed`` and no CUDA, the process group must be gloo. TrainingArguments leaves the DeepSpeed backend to
-  DeepSpeed's CPU accelerator, whose default is not gloo, so the driver configures the state first
-  (``ACCELERATE_USE_DEEPSPEED=true`` + ``PartialState(backend="gloo")``) and tells the trainer to use it
-  (``--accelerator_config '{"use_configured_state": true}'``).
+- (DeepSpeed on CPU processes needs a gloo process group; ``grpo_video.cli`` sets that up itself.)
 
 Each rank writes ``DIR/rank<r>.json``: the trainer's ``log_history`` and the completion ids per rollout.
 """
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 # Half of the tiny model's 2k base vocabulary: a random policy scores around 0.5 with a spread across completions.
@@ -43,15 +39,6 @@ def main(argv=None):
     from open_r1.rewards import REWARD_FUNCS
 
     REWARD_FUNCS["low_token"] = low_token_reward
-
-    if "--deepspeed" in train_argv:
-        import torch
-        from accelerate import PartialState
-
-        if not torch.cuda.is_available():
-            os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-            PartialState(backend="gloo")
-            train_argv += ["--accelerator_config", json.dumps({"use_configured_state": True})]
 
     trainer = cli(train_argv)
 

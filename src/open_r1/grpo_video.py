@@ -11,6 +11,7 @@ With ``--use_peft`` it holds a LoRA adapter instead (the paper trains the full L
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -171,10 +172,29 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     return trainer
 
 
+def use_gloo_for_cpu_deepspeed(argv: list[str]) -> list[str]:
+    """DeepSpeed on CPU processes (tests, debugging without GPUs) needs a gloo process group set up before parsing.
+
+    TrainingArguments leaves DeepSpeed's backend to its CPU accelerator, which is not gloo, and ``--use_cpu`` would
+    drop DeepSpeed altogether; configuring accelerate's state first and telling the trainer to reuse it works.
+    """
+    import torch
+
+    wants_deepspeed = any(arg == "--deepspeed" or arg.startswith("--deepspeed=") for arg in argv)
+    if not wants_deepspeed or torch.cuda.is_available() or "WORLD_SIZE" not in os.environ:
+        return argv
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    return [*argv, "--accelerator_config", json.dumps({"use_configured_state": True})]
+
+
 def cli(argv: list[str] | None = None):
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    argv = use_gloo_for_cpu_deepspeed(list(sys.argv[1:] if argv is None else argv))
     parser = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     return main(script_args, training_args, model_args)
