@@ -10,7 +10,9 @@
 #   tiny  the pipeline on CUDA in bf16 + sdpa: cached clips -> tiny Qwen2.5-VL -> 4 GRPO steps -> evaluation
 #   7b    GRPO steps of the real 7B architecture (random weights) at the paper's shapes: ~3.6k video tokens,
 #         8 completions of 200 tokens; prints seconds/step, tokens/s and peak GPU memory
-#         (SMOKE_DEEPSPEED=scripts/zero3_offload.json runs it under DeepSpeed; needs ~17 GB free disk in SMOKE_OUT)
+#         SMOKE_DEEPSPEED=scripts/zero3.json SMOKE_OPTIM=adafactor runs it under ZeRO-3 on one GPU (torchrun; AdamW's
+#         fp32 moments do not fit one card next to ZeRO-3's fp32 master weights); SMOKE_STEPS (default 2).
+#         Needs ~17 GB free disk in SMOKE_OUT for the random weights.
 # Results: one JSON line per stage in $SMOKE_OUT/gpu_smoke.jsonl.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,7 +60,15 @@ PY
 mkdir -p "$SMOKE_OUT"
 for stage in $SMOKE_STAGES; do
     echo "== stage $stage"
-    "$PY" benchmarks/gpu_smoke.py --stage "$stage" --out "$SMOKE_OUT" --json "$SMOKE_OUT/gpu_smoke.jsonl" \
-        ${SMOKE_DEEPSPEED:+--deepspeed "$SMOKE_DEEPSPEED"}
+    launch=("$PY")
+    extra=()
+    if [[ "$stage" == 7b && -n "${SMOKE_DEEPSPEED:-}" ]]; then
+        # DeepSpeed wants a launched process group, even for one GPU.
+        launch=("$PY" -m torch.distributed.run --standalone --nproc_per_node 1)
+        extra=(--deepspeed "$SMOKE_DEEPSPEED")
+    fi
+    [[ "$stage" == 7b ]] && extra+=(--optim "${SMOKE_OPTIM:-adamw_torch}" --steps "${SMOKE_STEPS:-2}")
+    "${launch[@]}" benchmarks/gpu_smoke.py --stage "$stage" --out "$SMOKE_OUT" --json "$SMOKE_OUT/gpu_smoke.jsonl" \
+        "${extra[@]}"
 done
 echo "results: $SMOKE_OUT/gpu_smoke.jsonl"
