@@ -3,6 +3,5 @@
 # Works from any directory; every argument is passed to `python -m open_r1.preprocess` (see --help).
 #   bash preprocess_video.sh charades --video_dir /data/Charades_v1 --output_dir cache/charades --num_workers 8
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PYTHONPATH="${ROOT}/src${PYTHONPATH:+:${PYTHONPATH}}"
+# Needs the package installed (`pip install -e .`); paths in the arguments are relative to where you call it from.
 exec "${PYTHON:-python}" -m open_r1.preprocess "$@"

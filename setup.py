@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "pyyaml>=6",
+    "peft>=0.15",  # --use_peft (LoRA) in grpo_video
 ]
 
 EXTRAS = {
@@ -39,7 +40,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     package_dir={"": "src"},
-    packages=find_packages("src"),
+    # Namespace discovery so the data folders (assets/, annotations/) ship as package data without warnings.
+    packages=find_namespace_packages("src", include=["open_r1*"]),
     include_package_data=True,
     package_data={"open_r1": ["assets/**/*", "annotations/**/*"]},
     install_requires=INSTALL_REQUIRES,
