@@ -58,7 +58,21 @@ class VideoArguments:
 
 
 @dataclass
-class EvalArguments(VideoArguments):
+class VideoDataArguments(VideoArguments):
+    """Where the queries and their videos come from: shared by training and evaluation."""
+
+    annotation_file: str | None = field(
+        default=None,
+        metadata={"help": "Custom annotation file (TimeZero json, TALL txt, ActivityNet json) instead of a split."},
+    )
+    video_dir: str | None = field(default=None, metadata={"help": "Folder of raw videos, decoded on the fly."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Preprocessing cache (python -m open_r1.preprocess); read before --video_dir."}
+    )
+
+
+@dataclass
+class EvalArguments(VideoDataArguments):
     """Flags of ``evaluate.py`` / :func:`open_r1.evaluate.run_evaluation` (video flags inherited, same as training)."""
 
     model_base: str | None = field(
@@ -76,14 +90,6 @@ class EvalArguments(VideoArguments):
             "help": "Split of --dataset (default: charades test, activitynet val_2, charades_cd test_ood, "
             "charades_cg novel_composition)."
         },
-    )
-    annotation_file: str | None = field(
-        default=None,
-        metadata={"help": "Custom annotation file (TimeZero json, TALL txt, ActivityNet json) instead of a split."},
-    )
-    video_dir: str | None = field(default=None, metadata={"help": "Folder of raw videos, decoded on the fly."})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Preprocessing cache (python -m open_r1.preprocess); read before --video_dir."}
     )
     output_dir: str | None = field(
         default=None,
@@ -139,7 +145,7 @@ class EvalArguments(VideoArguments):
 
 
 @dataclass
-class GRPOScriptArguments(VideoArguments):
+class GRPOScriptArguments(VideoDataArguments):
     """Data, reward and video flags of the training entry point (``python -m open_r1.grpo_video``).
 
     Optimisation flags come from ``trl.GRPOConfig`` and model flags from ``trl.ModelConfig``.
@@ -150,14 +156,6 @@ class GRPOScriptArguments(VideoArguments):
         metadata={"help": "Bundled dataset to train on: charades or activitynet (ignored with --annotation_file)."},
     )
     split: str = field(default="train", metadata={"help": "Split of --dataset to train on."})
-    annotation_file: str | None = field(
-        default=None,
-        metadata={"help": "Custom annotation file (TimeZero json, TALL txt, ActivityNet json) instead of a split."},
-    )
-    video_dir: str | None = field(default=None, metadata={"help": "Folder of raw videos, decoded on the fly."})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Preprocessing cache (python -m open_r1.preprocess); read before --video_dir."}
-    )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["iou", "format"],
         metadata={"help": "Reward names from open_r1.rewards.REWARD_FUNCS (paper: iou format)."},

@@ -161,6 +161,20 @@ def _plan(total_frames: int, video_fps: float, height: int, width: int, settings
     return indices, size
 
 
+def _decoded_clip(frames, indices, total_frames, video_fps, size, decoder) -> VideoClip:
+    """A decoder's result; ``sample_fps`` is computed as qwen-vl-utils does (it sets ``second_per_grid_ts``)."""
+    return VideoClip(
+        frames=frames,
+        sample_fps=len(indices) / max(total_frames, 1e-6) * video_fps,
+        frame_indices=indices,
+        duration=total_frames / video_fps,
+        source_fps=video_fps,
+        source_size=(int(size[0]), int(size[1])),
+        decoder=decoder,
+        source_num_frames=total_frames,
+    )
+
+
 def _decode_decord(path: Path, settings: VideoSettings, num_threads: int) -> VideoClip:
     import decord
 
@@ -180,16 +194,7 @@ def _decode_decord(path: Path, settings: VideoSettings, num_threads: int) -> Vid
             chunks.append(resize_frames(torch.from_numpy(batch).permute(0, 3, 1, 2), size))
     except Exception as error:
         raise VideoDecodeError(f"decord failed while reading frames: {_short(error)}") from error
-    return VideoClip(
-        frames=torch.cat(chunks),
-        sample_fps=len(indices) / max(total_frames, 1e-6) * video_fps,
-        frame_indices=indices,
-        duration=total_frames / video_fps,
-        source_fps=video_fps,
-        source_size=(int(height), int(width)),
-        decoder="decord",
-        source_num_frames=total_frames,
-    )
+    return _decoded_clip(torch.cat(chunks), indices, total_frames, video_fps, (height, width), "decord")
 
 
 def _pyav_stream_info(path: Path):
@@ -258,15 +263,8 @@ def _decode_pyav(path: Path, settings: VideoSettings) -> VideoClip:
         raise
     except (av.FFmpegError, OSError, ValueError) as error:
         raise VideoDecodeError(f"PyAV cannot decode the file: {_short(error)}") from error
-    return VideoClip(
-        frames=torch.stack([kept[i] for i in indices]),
-        sample_fps=len(indices) / max(total_frames, 1e-6) * video_fps,
-        frame_indices=indices,
-        duration=total_frames / video_fps,
-        source_fps=video_fps,
-        source_size=(int(height), int(width)),
-        decoder="pyav",
-        source_num_frames=total_frames,
+    return _decoded_clip(
+        torch.stack([kept[i] for i in indices]), indices, total_frames, video_fps, (height, width), "pyav"
     )
 
 
