@@ -37,6 +37,7 @@ from typing import Any
 
 from open_r1.configs import EvalArguments
 from open_r1.grounding import parse_span_with_rule, temporal_iou
+from open_r1.jsonl import read_jsonl, repair_tail
 
 logger = logging.getLogger(__name__)
 
@@ -171,39 +172,13 @@ def record_key(record: dict[str, Any]) -> str:
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     """Lines of a predictions file, first occurrence of each query kept; unreadable lines are skipped with a warning
     (the last line of a killed run may be cut short)."""
-    path = Path(path)
-    records, seen, bad = [], set(), 0
-    if not path.exists():
-        return records
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            key = record_key(record)
-            if key not in seen:
-                seen.add(key)
-                records.append(record)
-    if bad:
-        logger.warning("%s: skipped %d unreadable line(s) (cut short by a killed run?)", path, bad)
+    records, seen = [], set()
+    for record in read_jsonl(path):
+        key = record_key(record)
+        if key not in seen:
+            seen.add(key)
+            records.append(record)
     return records
-
-
-def repair_tail(path: str | Path) -> None:
-    """Drop a last line that lacks its newline (a write cut short by a kill) so that appending starts cleanly."""
-    path = Path(path)
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        logger.warning("%s: dropping a truncated last line (%d bytes)", path, len(data) - keep)
-        with path.open("r+b") as f:
-            f.truncate(keep)
 
 
 def _write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
@@ -407,9 +382,8 @@ def _load_model(args: EvalArguments, device):
 
     from open_r1.modeling import default_attn_implementation, default_dtype, load_model
 
+    # "auto" is bf16 on GPU and fp32 on CPU (the device is a GPU whenever one is available).
     dtype = default_dtype() if args.dtype == "auto" else getattr(torch, args.dtype)
-    if device.type == "cpu" and args.dtype == "auto":
-        dtype = torch.float32
     attn = args.attn_implementation or default_attn_implementation()
     # Under a device context transformers loads the weights straight onto that GPU (no full copy in host memory per
     # rank, which is what 8 ranks of a 7B model would otherwise cost).

@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from open_r1.configs import DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_PIXELS, DEFAULT_TOTAL_PIXELS, VideoSettings
+from open_r1.jsonl import read_jsonl, repair_tail
 from open_r1.video import DECODERS, VideoCache, VideoDecodeError, decode_video, settings_key
 
 logger = logging.getLogger(__name__)
@@ -95,26 +96,11 @@ def _now() -> str:
 
 def read_manifest(output_dir) -> dict[str, dict]:
     """Latest ``entry`` or ``failure`` record per video id (a torn last line from a killed run is ignored)."""
-    path = Path(output_dir) / MANIFEST_NAME
     latest: dict[str, dict] = {}
-    if not path.is_file():
-        return latest
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for record in read_jsonl(Path(output_dir) / MANIFEST_NAME):
         if record.get("type") in ("entry", "failure"):
             latest[record["video_id"]] = record
     return latest
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        if handle.seek(0, os.SEEK_END) == 0:
-            return True
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) == b"\n"
 
 
 def _entry_record(video_id: str, cache: VideoCache, source, seconds: float, **extra) -> dict:
@@ -313,9 +299,8 @@ def preprocess_videos(
     # One decoding thread per worker when several run side by side; decord's own default when alone.
     run_args = (str(output_dir), settings, decoder, 1 if num_workers > 1 else 0)
     manifest_path = output_dir / MANIFEST_NAME
+    repair_tail(manifest_path)  # a line a killed run left half-written
     with open(manifest_path, "a") as manifest_file:
-        if not _ends_with_newline(manifest_path):
-            manifest_file.write("\n")  # end the line a killed run left half-written, so it stays alone (and ignored)
 
         def log(record: dict) -> None:
             manifest_file.write(json.dumps(record) + "\n")
