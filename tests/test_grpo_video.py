@@ -165,6 +165,16 @@ def test_recipes_state_the_paper_settings(recipe, tmp_path):
         "learning_rate": 1e-6,
         "max_completion_length": 1024,
         "temperature": 1.0,
+        # Every loss/sampling value the paper or the original fixes, where TRL's default differs or could move.
+        "use_bias_correction_kl": False,
+        "scale_rewards": "group",
+        "epsilon": 0.2,
+        "epsilon_high": 0.2,
+        "importance_sampling_level": "token",
+        "mask_truncated_completions": False,
+        "top_p": 1.0,
+        "top_k": 50,
+        "repetition_penalty": 1.0,
         "num_train_epochs": 1,
         "gradient_checkpointing": True,
         "save_steps": 50,
@@ -174,6 +184,7 @@ def test_recipes_state_the_paper_settings(recipe, tmp_path):
         assert getattr(training_args, key) == value, key
     assert script_args.reward_funcs == ["iou", "format"]
     assert script_args.freeze_vision_tower
+    assert script_args.position_layout == "reference"
     assert (script_args.video_fps, script_args.video_total_pixels, script_args.video_min_pixels) == (
         2.0,
         3584 * 28 * 28,
@@ -239,3 +250,50 @@ def test_demo_runs_every_stage(tmp_path):
     assert (tmp_path / "demo" / "checkpoint" / "model.safetensors").is_file()
     assert (tmp_path / "demo" / "eval" / "predictions.jsonl").is_file()
     assert len(list((tmp_path / "demo" / "cache").glob("*.safetensors"))) == 4  # one cache entry per video
+
+
+def length_reward(completions, **kwargs):
+    """A reward with spread inside every group, so one step has a non-zero gradient."""
+    return [len(c[0]["content"]) / 10 for c in completions]
+
+
+@pytest.mark.slow
+def test_plain_path_keeps_fp32_master_weights(setup, tmp_path, monkeypatch):
+    """At lr 1e-6 a bf16 run without DeepSpeed changes as many LLM weights in one step as an fp32 run does."""
+    import torch
+
+    from open_r1 import grpo_video, rewards
+    from open_r1.trainer import vision_tower
+
+    monkeypatch.setitem(rewards.REWARD_FUNCS, "length", length_reward)
+    initial = {n: p.detach().clone() for n, p in load_model(setup[3]).named_parameters()}
+
+    def fraction_changed(name, *flags):
+        flags = ["--max_steps", "1", "--learning_rate", "1e-6", "--beta", "0.0", "--reward_funcs", "length", *flags]
+        trainer = cli(base_args(setup, tmp_path / name, *flags))
+        model = trainer.model
+        visual = {id(p) for p in vision_tower(model).parameters()}
+        changed = total = 0
+        for param_name, param in model.named_parameters():
+            if id(param) in visual:
+                continue
+            assert param.dtype == torch.float32, param_name  # the trained weights are the fp32 masters
+            changed += (param.detach().float() != initial[param_name].float()).sum().item()
+            total += param.numel()
+        return changed / total
+
+    fp32 = fraction_changed("fp32", "--dtype", "float32")
+    plain = fraction_changed("bf16_plain", "--dtype", "bfloat16", "--bf16", "true")
+    assert fp32 > 0.5
+    assert abs(plain - fp32) < 0.05 * fp32, (plain, fp32)
+
+    # What the plain path did before: AdamW stepping bf16 weights, where most 1e-6 updates round away.
+    monkeypatch.setattr(grpo_video, "policy_dtypes", lambda model_args, training_args: (model_args.dtype, None))
+    trainer = cli(
+        base_args(setup, tmp_path / "bf16_direct", "--max_steps", "1", "--learning_rate", "1e-6", "--beta", "0.0")
+        + ["--reward_funcs", "length", "--dtype", "bfloat16", "--bf16", "true"]
+    )
+    visual = {id(p) for p in vision_tower(trainer.model).parameters()}
+    params = [(n, p) for n, p in trainer.model.named_parameters() if id(p) not in visual]
+    direct = sum((p.detach().float() != initial[n].bfloat16().float()).sum().item() for n, p in params)
+    assert direct / sum(p.numel() for _, p in params) < 0.5 * fp32

@@ -1,25 +1,30 @@
 """VideoGRPOTrainer on a tiny Qwen2.5-VL: video inputs reach every forward pass, and GRPO learns."""
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
+from _reference_positions import batch_positions
 from datasets import Dataset
 from trl import GRPOConfig
 
-from open_r1.modeling import build_tiny_model, load_model, load_processor
+from open_r1.modeling import build_tiny_model, encode_batch, load_model, load_processor
+from open_r1.positions import set_position_layout
 from open_r1.prompts import build_conversation
 from open_r1.trainer import VideoGRPOTrainer, vision_tower
 from open_r1.video import VideoClip
 
 
-def make_clip(num_frames, height, width, seed):
+def make_clip(num_frames, height, width, seed, fps=2.0):
     gen = torch.Generator().manual_seed(seed)
     frames = torch.randint(0, 256, (num_frames, 3, height, width), dtype=torch.uint8, generator=gen)
     return VideoClip(
         frames=frames,
-        sample_fps=2.0,
+        sample_fps=fps,
         frame_indices=list(range(num_frames)),
-        duration=num_frames / 2.0,
-        source_fps=2.0,
+        duration=num_frames / fps,
+        source_fps=fps,
         source_size=(height, width),
         decoder="test",
     )
@@ -27,13 +32,20 @@ def make_clip(num_frames, height, width, seed):
 
 # Two videos of different sizes, so a per-device batch mixes patch counts (64 and 72 patches).
 CLIPS = {"v0": make_clip(4, 56, 112, seed=0), "v1": make_clip(4, 84, 84, seed=1)}
+# Rates where second_per_grid_ts is not the model's 1.0 default: 4 fps (0.5 s per grid step), an ActivityNet-like
+# fractional rate (a 500 s video capped at 768 frames) and 1.7 fps; w0 and w2 differ only in content and rate.
+CLIPS_AT_OTHER_RATES = {
+    "w0": make_clip(8, 56, 112, seed=5, fps=4.0),
+    "w1": make_clip(6, 84, 84, seed=6, fps=768 / 500),
+    "w2": make_clip(8, 56, 112, seed=7, fps=1.7),
+}
 
 
-def dataset(num_rows=2):
+def dataset(num_rows=2, videos=("v0", "v1")):
     rows = [
         {
             "prompt": build_conversation(f"the event number {i} happens", think=False),
-            "video_id": f"v{i % 2}",
+            "video_id": videos[i % len(videos)],
             "solution": [1.0, 2.0],
             "duration": 2.0,
         }
@@ -77,16 +89,16 @@ def constant_reward(completions, **kwargs):
     return [1.0] * len(completions)
 
 
-def make_trainer(tiny_path, tmp_path, reward_funcs=(length_reward, constant_reward), **overrides):
+def make_trainer(tiny_path, tmp_path, reward_funcs=(length_reward, constant_reward), clips=CLIPS, **overrides):
     model = load_model(tiny_path)
     processor = load_processor(tiny_path)
     return VideoGRPOTrainer(
         model,
         list(reward_funcs),
         args=config(tmp_path, **overrides),
-        train_dataset=dataset(),
+        train_dataset=dataset(videos=sorted(clips)),
         processing_class=processor,
-        video_loader=CLIPS.__getitem__,
+        video_loader=clips.__getitem__,
     )
 
 
@@ -100,8 +112,10 @@ def direct_logps(model, batch, drop=()):
 
 
 def test_logps_match_direct_forward_with_video(tiny_path, tmp_path):
-    trainer = make_trainer(tiny_path, tmp_path)
-    rows = [dict(row) for row in dataset()]
+    """Every log-prob pass equals a forward built by the test alone: its own type ids, time intervals and positions."""
+    clips = CLIPS_AT_OTHER_RATES
+    trainer = make_trainer(tiny_path, tmp_path, clips=clips)
+    rows = [dict(row) for row in dataset(num_rows=3, videos=sorted(clips))]
     rows = [row for row in rows for _ in range(4)]  # 4 completions per prompt, as the sampler repeats them
     trainer.model.eval()
     out = trainer._generate_and_score_completions(rows)
@@ -109,28 +123,38 @@ def test_logps_match_direct_forward_with_video(tiny_path, tmp_path):
     input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
     attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
     width = out["completion_ids"].size(1)
-    assert out["mm_token_type_ids"].shape == input_ids.shape
-    assert not out["mm_token_type_ids"][:, -width:].any()  # zeros over the completion
-    video_tokens = (input_ids == trainer.model.config.video_token_id).sum(1)
-    assert torch.equal((out["mm_token_type_ids"] == 2).sum(1), video_tokens)
-    assert sorted(set(video_tokens.tolist())) == [16, 18]  # both videos, in the same batch
+    video_token = trainer.model.config.video_token_id
+    # Type ids from the token ids themselves: 2 exactly on <|video_pad|>, 0 elsewhere (left padding included).
+    type_ids = 2 * (input_ids == video_token).long()
+    assert torch.equal(out["mm_token_type_ids"], type_ids)
+    video_tokens = (input_ids == video_token).sum(1)
+    assert sorted(set(video_tokens.tolist())) == [27, 32]  # 4x4x2 (w0, w2: same size) and 3x3x3 (w1)
 
+    # Patches, grids and time intervals straight from each row's own clip.
+    encoded = [encode_batch(trainer.processing_class, [row["prompt"]], [clips[row["video_id"]]]) for row in rows]
+    fps_values = [clips[row["video_id"]].sample_fps for row in rows]
+    grids = torch.cat([e["video_grid_thw"] for e in encoded])
     batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "pixel_values_videos": torch.cat(out["pixel_values_videos"]),
-        "video_grid_thw": out["video_grid_thw"],
-        "second_per_grid_ts": out["second_per_grid_ts"],
-        "mm_token_type_ids": out["mm_token_type_ids"],
+        "pixel_values_videos": torch.cat([e["pixel_values_videos"] for e in encoded]),
+        "video_grid_thw": grids,
+        "second_per_grid_ts": torch.tensor([2 / fps for fps in fps_values]),
+        "mm_token_type_ids": type_ids,
+        "position_ids": batch_positions(input_ids, attention_mask, video_token, grids.tolist(), fps_values),
     }
     mask = out["completion_mask"].bool()
     expected = direct_logps(trainer.model, batch)[:, -width:]
 
-    # Policy pass, one row per chunk: patches are sliced per row.
-    trainer._video_inputs = {k: batch[k] for k in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
+    # Policy pass, 3 rows per chunk (chunks cut across videos): patches are sliced per row.
+    trainer._video_inputs = {
+        "pixel_values_videos": torch.cat(out["pixel_values_videos"]),
+        "video_grid_thw": out["video_grid_thw"],
+        "second_per_grid_ts": out["second_per_grid_ts"],
+    }
     with torch.no_grad():
         logps, _, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model, input_ids, attention_mask, width, batch_size=3, mm_token_type_ids=batch["mm_token_type_ids"]
+            trainer.model, input_ids, attention_mask, width, batch_size=3, mm_token_type_ids=out["mm_token_type_ids"]
         )
     trainer._video_inputs = None
     torch.testing.assert_close(logps[mask], expected[mask], atol=2e-5, rtol=0)
@@ -138,13 +162,21 @@ def test_logps_match_direct_forward_with_video(tiny_path, tmp_path):
     # Reference pass inside TRL's rollout (a reloaded copy of the same weights at step 0).
     torch.testing.assert_close(out["ref_per_token_logps"][mask], expected[mask], atol=2e-5, rtol=0)
 
-    # The time positions and the video type ids matter: the processor's silent 24 fps default (1/12 s per grid
-    # step) or a missing mm_token_type_ids (1-D positions) give different log-probs.
-    at_24fps = dict(batch, second_per_grid_ts=torch.full_like(batch["second_per_grid_ts"], 2 / 24))
-    # (A random tiny model is only weakly position-sensitive: ~1e-4, still 5x the matching tolerance.)
-    other = direct_logps(trainer.model, at_24fps)[:, -width:]
-    assert (other - expected)[mask].abs().max() > 1e-4
-    other = direct_logps(trainer.model, batch, drop=("mm_token_type_ids",))[:, -width:]
+    # What each of the original's bugs would change, all far beyond the matching tolerance: the model's 1.0 s default
+    # instead of the clip's interval, the processor's silent 24 fps default, 1-D positions without type ids, and the
+    # installed library's positions after the video.
+    implicit = dict(batch)
+    del implicit["position_ids"]
+    for changed in (
+        dict(implicit, second_per_grid_ts=torch.ones(len(rows))),
+        dict(implicit, second_per_grid_ts=torch.full((len(rows),), 2 / 24)),
+        {k: v for k, v in implicit.items() if k != "mm_token_type_ids"},
+    ):
+        other = direct_logps(trainer.model, changed)[:, -width:]
+        assert (other - expected)[mask].abs().max() > 1e-4
+    set_position_layout(trainer.model, "transformers")
+    other = direct_logps(trainer.model, implicit)[:, -width:]
+    set_position_layout(trainer.model, "reference")
     assert (other - expected)[mask].abs().max() > 1e-4
 
 
@@ -276,3 +308,135 @@ def test_one_step_with_the_real_152k_tokenizer(tmp_path):
     assert 151656 in trainer.generation_config.suppress_tokens  # <|video_pad|> in the real vocabulary
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+REPO = Path(__file__).resolve().parents[1]
+# The recipe keys that decide the GRPO loss.
+LOSS_KEYS = (
+    "beta",
+    "loss_type",
+    "use_bias_correction_kl",
+    "scale_rewards",
+    "num_iterations",
+    "epsilon",
+    "epsilon_high",
+    "importance_sampling_level",
+    "mask_truncated_completions",
+    "temperature",
+)
+
+
+def paper_loss(logps, ref_logps, rewards, mask, group, beta):
+    """DeepSeekMath GRPO (TimeZero eq. 1-2) written out: group-normalised advantages, ratio pi/pi_old with pi_old =
+    pi (one iteration: clipping never binds), the k3 KL estimator, per-sequence token mean, then batch mean."""
+    grouped = rewards.view(-1, group)
+    advantages = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)
+    advantages = advantages.reshape(-1, 1)
+    ratio = torch.exp(logps - logps.detach())
+    kl = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1
+    per_token = -(ratio * advantages) + beta * kl
+    return ((per_token * mask).sum(1) / mask.sum(1)).mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*/grpo_*.yaml")), ids=lambda p: p.parent.name)
+def test_recipe_loss_and_gradient_are_the_papers(tiny_path, tmp_path, recipe):
+    settings = {key: yaml.safe_load(recipe.read_text())[key] for key in LOSS_KEYS}
+    trainer = make_trainer(
+        tiny_path,
+        tmp_path,
+        reward_funcs=[low_token_reward],
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=6,
+        **settings,
+    )
+    model = trainer.model
+    # Move the policy away from the reference, as after some training: at step 0 the KL and its gradient vanish
+    # and every KL variant would look the same.
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.02 * torch.randn(param.shape, generator=gen))
+    rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
+    model.train()
+    out = trainer._generate_and_score_completions(rows)
+    trainer.current_gradient_accumulation_steps = 1
+
+    def trainer_loss_and_grads():
+        model.zero_grad()
+        loss = trainer.compute_loss(model, out)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = trainer_loss_and_grads()
+
+    # The test's own forward: patches, positions and type ids from the clips and token ids; rewards from the ids.
+    input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    width = out["completion_ids"].size(1)
+    clips = [CLIPS[row["video_id"]] for row in rows]
+    encoded = [encode_batch(trainer.processing_class, [row["prompt"]], [clip]) for row, clip in zip(rows, clips)]
+    grids = torch.cat([e["video_grid_thw"] for e in encoded])
+    video_token = model.config.video_token_id
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values_videos": torch.cat([e["pixel_values_videos"] for e in encoded]),
+        "video_grid_thw": grids,
+        "second_per_grid_ts": torch.tensor([2 / clip.sample_fps for clip in clips]),
+        "mm_token_type_ids": 2 * (input_ids == video_token).long(),
+        "position_ids": batch_positions(
+            input_ids, attention_mask, video_token, grids.tolist(), [c.sample_fps for c in clips]
+        ),
+    }
+
+    def logps_of(m):
+        logits = m(**batch).logits[:, -width - 1 : -1]
+        return torch.log_softmax(logits.float(), -1).gather(-1, out["completion_ids"][..., None]).squeeze(-1)
+
+    mask = out["completion_mask"].float()
+    rewards = torch.tensor(low_token_reward([ids[m.bool()].tolist() for ids, m in zip(out["completion_ids"], mask)]))
+    assert rewards.view(-1, 4).std(1).min() > 0  # every group has a learning signal
+    with torch.no_grad():
+        ref_logps = logps_of(trainer.ref_model)
+    model.zero_grad()
+    expected_loss = paper_loss(logps_of(model), ref_logps, rewards, mask, group=4, beta=settings["beta"])
+    expected_loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    torch.testing.assert_close(loss, expected_loss.detach(), atol=1e-6, rtol=1e-5)
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
+
+    # TRL's default (KL x probability ratio) gives another gradient: the test tells the two apart.
+    trainer.args.use_bias_correction_kl = True
+    _, corrected = trainer_loss_and_grads()
+    worst = max((corrected[n] - expected[n]).abs().max() / expected[n].abs().max() for n in expected)
+    assert worst > 1e-3
+
+
+@pytest.mark.slow
+def test_rollouts_sample_with_the_recipe_not_the_checkpoint_generation_config(tiny_path, tmp_path):
+    """Qwen2.5-VL ships temperature 1e-6 and repetition_penalty 1.05; rollouts must use the recipe's values."""
+    recipe = yaml.safe_load((REPO / "recipes/charades/grpo_qwen2_5_vl_7b.yaml").read_text())
+    sampling = {key: recipe[key] for key in ("temperature", "top_p", "top_k", "repetition_penalty")}
+    trainer = make_trainer(tiny_path, tmp_path, **sampling)
+    model = trainer.model
+    model.generation_config.temperature = 1e-6  # the real checkpoint's generation_config.json
+    model.generation_config.repetition_penalty = 1.05
+    model.generation_config.do_sample = True
+    seen = []
+    original = model.generate
+
+    def spy(*args, generation_config=None, **kwargs):
+        effective, _ = model._prepare_generation_config(generation_config)
+        seen.append({key: getattr(effective, key) for key in sampling} | {"do_sample": effective.do_sample})
+        return original(*args, generation_config=generation_config, **kwargs)
+
+    model.generate = spy
+    trainer._generate_and_score_completions([dict(row) for row in dataset(num_rows=1) for _ in range(4)])
+    assert seen == [sampling | {"do_sample": True}]
+    assert model.generation_config.temperature == 1e-6  # restored after the rollout

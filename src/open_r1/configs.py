@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from open_r1.positions import DEFAULT_POSITION_LAYOUT, POSITION_LAYOUTS
+
 # The paper's video settings (TimeZero section 4.1): 2 fps, at most 3584*28*28 pixels for the whole clip and at least
 # 16*28*28 pixels per frame. The frame cap is qwen-vl-utils' FPS_MAX_FRAMES.
 DEFAULT_FPS = 2.0
@@ -69,6 +71,19 @@ class VideoDataArguments(VideoArguments):
     cache_dir: str | None = field(
         default=None, metadata={"help": "Preprocessing cache (python -m open_r1.preprocess); read before --video_dir."}
     )
+    position_layout: str = field(
+        default=DEFAULT_POSITION_LAYOUT,
+        metadata={
+            "help": "3-D rope positions: 'reference' (Qwen2.5-VL's own layout: text after a video starts at the "
+            "video's largest position + 1) or 'transformers' (the installed library's, for comparison)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.position_layout not in POSITION_LAYOUTS:
+            raise ValueError(
+                f"position_layout must be one of {', '.join(POSITION_LAYOUTS)}, got {self.position_layout!r}"
+            )
 
 
 @dataclass
@@ -129,6 +144,7 @@ class EvalArguments(VideoDataArguments):
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.rescore is None and self.model_base is None:
             raise ValueError("give --model_base (a checkpoint to evaluate) or --rescore predictions.jsonl")
         if self.rescore is None and self.cache_dir is None and self.video_dir is None:
@@ -173,6 +189,7 @@ class GRPOScriptArguments(VideoDataArguments):
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.cache_dir is None and self.video_dir is None:
             raise ValueError("give --video_dir (raw videos) and/or --cache_dir (preprocessed videos)")
         if not self.reward_funcs:

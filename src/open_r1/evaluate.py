@@ -389,13 +389,17 @@ def _load_model(args: EvalArguments, device):
     # rank, which is what 8 ranks of a 7B model would otherwise cost).
     with torch.device(device):
         try:
-            model = load_model(args.model_base, attn_implementation=attn, dtype=dtype)
+            model = load_model(
+                args.model_base, attn_implementation=attn, dtype=dtype, position_layout=args.position_layout
+            )
         except (ImportError, ValueError) as exc:
             if attn != "flash_attention_2":
                 raise
             logger.warning("flash_attention_2 unavailable (%s); falling back to sdpa", exc)
             attn = "sdpa"
-            model = load_model(args.model_base, attn_implementation=attn, dtype=dtype)
+            model = load_model(
+                args.model_base, attn_implementation=attn, dtype=dtype, position_layout=args.position_layout
+            )
     logger.info("Loaded %s (%s, %s attention) on %s", args.model_base, dtype, attn, device)
     return model.to(device).eval(), dtype
 

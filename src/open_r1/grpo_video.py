@@ -111,6 +111,27 @@ def build_dataset(rows: list[dict], script_args: GRPOScriptArguments):
     )
 
 
+def policy_dtypes(model_args: ModelConfig, training_args: GRPOConfig) -> tuple[str | None, str | None]:
+    """The dtype to load the trained weights in, and the one for the frozen reference model.
+
+    DeepSpeed keeps fp32 master weights of a bf16 model itself. Without it, AdamW would step the bf16 tensors
+    directly, where an update of lr 1e-6 rounds away for most weights (bf16 resolves about 1 part in 256). So the plain
+    path loads the trained weights in fp32 and computes in bf16 under autocast (``--bf16 true``), as PyTorch's mixed
+    precision does; the reference model, never updated, stays in the requested dtype.
+    """
+    requested = model_args.dtype
+    if training_args.deepspeed or requested not in ("bfloat16", "float16"):
+        return requested, None
+    logger.info(
+        "no DeepSpeed: fp32 master weights (the model is loaded in float32 instead of %s)%s; the reference model "
+        "stays in %s",
+        requested,
+        " with bf16 autocast" if training_args.bf16 else (" with fp16 autocast" if training_args.fp16 else ""),
+        requested,
+    )
+    return "float32", requested
+
+
 def resolve_checkpoint(training_args: GRPOConfig) -> str | None:
     """``--resume_from_checkpoint`` accepts a folder, or ``latest``/``true`` for the newest one in output_dir."""
     value = training_args.resume_from_checkpoint
@@ -147,10 +168,12 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     dataset = build_dataset(rows, script_args)
     logger.info("%d training queries over %d videos", len(rows), len({r["video_id"] for r in rows}))
 
+    dtype, reference_dtype = policy_dtypes(model_args, training_args)
     model = load_model(
         model_args.model_name_or_path,
         attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype,
+        dtype=dtype,
+        position_layout=script_args.position_layout,
     )
     processor = load_processor(model_args.model_name_or_path)
     trainer = VideoGRPOTrainer(
@@ -161,6 +184,8 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         processing_class=processor,
         video_loader=source.get,
         freeze_vision_tower=script_args.freeze_vision_tower,
+        position_layout=script_args.position_layout,
+        reference_dtype=reference_dtype,
         callbacks=callbacks,
         peft_config=get_peft_config(model_args),  # None unless --use_peft
     )

@@ -15,6 +15,8 @@ import torch
 from transformers import AutoConfig, AutoProcessor, BatchFeature, Qwen2_5_VLForConditionalGeneration
 from transformers.utils import is_flash_attn_2_available
 
+from open_r1.positions import DEFAULT_POSITION_LAYOUT, set_position_layout
+
 logger = logging.getLogger(__name__)
 
 # The real Qwen2.5-VL-7B-Instruct config, processor and tokenizer files (no weights), see assets/SOURCES.md.
@@ -54,15 +56,21 @@ def load_model(
     path: str | Path,
     attn_implementation: str | None = None,
     dtype: torch.dtype | str | None = None,
+    position_layout: str = DEFAULT_POSITION_LAYOUT,
 ) -> Qwen2_5_VLForConditionalGeneration:
-    """Load a Qwen2.5-VL checkpoint with the attention kernel and dtype suited to the current machine."""
+    """Load a Qwen2.5-VL checkpoint with the attention kernel and dtype suited to the current machine.
+
+    ``position_layout`` places the 3-D rope positions as the pretrained model expects ("reference", the default) or
+    as the installed transformers does ("transformers"); see :mod:`open_r1.positions`.
+    """
     if isinstance(dtype, str) and dtype not in ("auto",):
         dtype = getattr(torch, dtype)
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(path),
         attn_implementation=attn_implementation or default_attn_implementation(),
         dtype=dtype or default_dtype(),
     )
+    return set_position_layout(model, position_layout)
 
 
 def vision_token_ids(tokenizer) -> list[int]:

@@ -22,6 +22,7 @@ import torch
 from trl import GRPOTrainer
 
 from open_r1.modeling import encode_batch, vision_token_ids
+from open_r1.positions import DEFAULT_POSITION_LAYOUT, set_position_layout
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class VideoGRPOTrainer(GRPOTrainer):
             ``video_id`` and a conversational ``prompt`` with one ``{"type": "video"}`` item.
         freeze_vision_tower: train only the language model, as the paper does. ``False`` trains the vision encoder
             too (what TimeZero's script did by default).
+        position_layout: 3-D rope positions of the policy and the reference model: ``"reference"`` (Qwen2.5-VL's
+            own layout, the default) or ``"transformers"`` (see :mod:`open_r1.positions`).
+        reference_dtype: dtype of the frozen reference model when it differs from the policy's (fp32 master weights
+            of a bf16 run without DeepSpeed: the reference stays bf16). Ignored under DeepSpeed.
         Remaining arguments go to :class:`trl.GRPOTrainer`.
     """
 
@@ -65,6 +70,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         processing_class=None,
         video_loader: Callable | None = None,
         freeze_vision_tower: bool = True,
+        position_layout: str = DEFAULT_POSITION_LAYOUT,
+        reference_dtype: str | torch.dtype | None = None,
         **kwargs,
     ):
         if video_loader is None:
@@ -98,6 +105,14 @@ class VideoGRPOTrainer(GRPOTrainer):
         if freeze_vision_tower:
             vision_tower(self.model).requires_grad_(False)
         self.freeze_vision_tower = freeze_vision_tower
+        # TRL built the reference model (and the policy, when given a path) itself: both get the same layout.
+        set_position_layout(self.model, position_layout)
+        if self.ref_model is not None:
+            set_position_layout(self.ref_model, position_layout)
+            if reference_dtype is not None and not self.is_deepspeed_enabled:
+                dtype = getattr(torch, reference_dtype) if isinstance(reference_dtype, str) else reference_dtype
+                self.ref_model.to(dtype)
+        self.position_layout = position_layout
         self.video_loader = video_loader
 
         # Vision placeholders are never part of an answer; a sampled `<|video_pad|>` would also break the next
