@@ -152,6 +152,8 @@ def build_random_7b(path: Path) -> Path:
 
     from open_r1.modeling import ASSETS_DIR, load_processor
 
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return path  # built by an earlier run in the same folder
     config = AutoConfig.from_pretrained(str(ASSETS_DIR))
     started = time.perf_counter()
     with torch.device("cuda"):
@@ -167,7 +169,9 @@ def build_random_7b(path: Path) -> Path:
     return path
 
 
-def stage_7b(out: Path, completion_tokens: int, steps: int, deepspeed: str | None, optim: str) -> dict:
+def stage_7b(
+    out: Path, completion_tokens: int, steps: int, deepspeed: str | None, optim: str, shared_work: bool = True
+) -> dict:
     from trl import GRPOConfig, ModelConfig
 
     from open_r1.grpo_video import main as train
@@ -177,7 +181,9 @@ def stage_7b(out: Path, completion_tokens: int, steps: int, deepspeed: str | Non
     settings = VideoSettings(fps=2.0)
     annotations = write_dataset(out, settings, num_videos=4, num_frames=64, height=224, width=392)
     model_dir = build_random_7b(out / "random_7b")
-    script_args = GRPOScriptArguments(annotation_file=str(annotations), cache_dir=str(out / "cache"))
+    script_args = GRPOScriptArguments(
+        annotation_file=str(annotations), cache_dir=str(out / "cache"), shared_work=shared_work
+    )
     timer = StepTimer()
     training_args = GRPOConfig(
         output_dir=str(out / "7b_run"),
@@ -211,6 +217,9 @@ def stage_7b(out: Path, completion_tokens: int, steps: int, deepspeed: str | Non
         "device": torch.cuda.get_device_name(),
         "deepspeed": deepspeed,
         "optim": optim,
+        "shared_work": shared_work,
+        # fp32 when the entry point keeps master weights itself (no DeepSpeed), else what DeepSpeed holds
+        "trained_weights_dtype": str(next(p for p in trainer.model.parameters() if p.requires_grad).dtype),
         "video_tokens_per_query": 32 * 8 * 14,
         "completions_per_step": 8,
         "completion_tokens": completion_tokens,
@@ -239,6 +248,9 @@ def main() -> int:
         "parameters) on the card, and AdamW's fp32 moments (another ~60 GB) no longer fit next to them and the "
         "reference model; use adafactor there. On the paper's 4 GPUs all of it is split 4 ways and offloaded to CPU.",
     )
+    parser.add_argument(
+        "--shared_work", default="true", choices=["true", "false"], help="7b: one vision pass per distinct video."
+    )
     parser.add_argument("--json", default=None, help="Append the result as one JSON line to this file.")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -251,7 +263,9 @@ def main() -> int:
     else:
         result = {
             "stage": "7b",
-            **stage_7b(out / "7b", args.completion_tokens, args.steps, args.deepspeed, args.optim),
+            **stage_7b(
+                out / "7b", args.completion_tokens, args.steps, args.deepspeed, args.optim, args.shared_work == "true"
+            ),
         }
     line = json.dumps(result)
     print(line, flush=True)

@@ -11,7 +11,9 @@
 #   7b    GRPO steps of the real 7B architecture (random weights) at the paper's shapes: ~3.6k video tokens,
 #         8 completions of 200 tokens; prints seconds/step, tokens/s and peak GPU memory
 #         SMOKE_DEEPSPEED=scripts/zero3.json SMOKE_OPTIM=adafactor runs it under ZeRO-3 on one GPU (torchrun; AdamW's
-#         fp32 moments do not fit one card next to ZeRO-3's fp32 master weights); SMOKE_STEPS (default 2).
+#         fp32 moments do not fit one card next to ZeRO-3's fp32 master weights); SMOKE_STEPS (default 2);
+#         SMOKE_SHARED_WORK=false runs the per-row path (the tower over every row in every pass) for comparison.
+#         Without DeepSpeed the trained weights are fp32 masters (bf16 autocast): use SMOKE_OPTIM=adafactor on one card.
 #         Needs ~17 GB free disk in SMOKE_OUT for the random weights.
 # Results: one JSON line per stage in $SMOKE_OUT/gpu_smoke.jsonl.
 set -euo pipefail
@@ -67,7 +69,8 @@ for stage in $SMOKE_STAGES; do
         launch=("$PY" -m torch.distributed.run --standalone --nproc_per_node 1)
         extra=(--deepspeed "$SMOKE_DEEPSPEED")
     fi
-    [[ "$stage" == 7b ]] && extra+=(--optim "${SMOKE_OPTIM:-adamw_torch}" --steps "${SMOKE_STEPS:-2}")
+    [[ "$stage" == 7b ]] && extra+=(--optim "${SMOKE_OPTIM:-adamw_torch}" --steps "${SMOKE_STEPS:-2}" \
+        --shared_work "${SMOKE_SHARED_WORK:-true}")
     "${launch[@]}" benchmarks/gpu_smoke.py --stage "$stage" --out "$SMOKE_OUT" --json "$SMOKE_OUT/gpu_smoke.jsonl" \
         "${extra[@]}"
 done

@@ -187,6 +187,14 @@ class GRPOScriptArguments(VideoDataArguments):
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on the first N queries only (smoke tests)."}
     )
+    shared_work: bool = field(
+        default=True,
+        metadata={
+            "help": "Do work shared by a group once: encode each distinct video once per rollout (frozen tower) and "
+            "sample a group's completions from one prompt copy. --shared_work false runs the per-row path "
+            "(same results, for comparison)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

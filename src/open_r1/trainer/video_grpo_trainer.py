@@ -10,19 +10,27 @@ TRL 1.16 handles images only. This subclass wraps (never copies) four of its met
   and ``mm_token_type_ids`` to the model call, slicing the patches per row by ``video_grid_thw.prod(-1)``. This
   covers the old-policy, reference and policy passes, so all of them use the same 3-D time positions as sampling.
 - ``_compute_loss``: makes the current slice's videos the ones that pass uses.
+
+With ``shared_work`` (the default) work shared by the rows of a group is done once: the frozen vision tower encodes
+each distinct video once per rollout, without grad, and those features serve generation and the old-policy,
+reference and policy passes (an unfrozen tower runs once per distinct video in each pass, with its gradient); and
+generation samples the completions of identical prompts with ``num_return_sequences`` from one copy of the prompt.
+``shared_work=False`` is the previous path (the tower over every row in every pass), kept for comparison.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable
 
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from trl import GRPOTrainer
 
 from open_r1.modeling import encode_batch, vision_token_ids
-from open_r1.positions import DEFAULT_POSITION_LAYOUT, set_position_layout
+from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, set_position_layout
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,8 @@ class VideoGRPOTrainer(GRPOTrainer):
             own layout, the default) or ``"transformers"`` (see :mod:`open_r1.positions`).
         reference_dtype: dtype of the frozen reference model when it differs from the policy's (fp32 master weights
             of a bf16 run without DeepSpeed: the reference stays bf16). Ignored under DeepSpeed.
+        shared_work: encode each distinct video once per rollout (frozen tower) or once per pass (trainable tower)
+            and sample a group's completions from one copy of its prompt. ``False`` runs the previous path.
         Remaining arguments go to :class:`trl.GRPOTrainer`.
     """
 
@@ -72,6 +82,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         freeze_vision_tower: bool = True,
         position_layout: str = DEFAULT_POSITION_LAYOUT,
         reference_dtype: str | torch.dtype | None = None,
+        shared_work: bool = True,
         **kwargs,
     ):
         if video_loader is None:
@@ -113,6 +124,7 @@ class VideoGRPOTrainer(GRPOTrainer):
                 dtype = getattr(torch, reference_dtype) if isinstance(reference_dtype, str) else reference_dtype
                 self.ref_model.to(dtype)
         self.position_layout = position_layout
+        self.shared_work = shared_work
         self.video_loader = video_loader
 
         # Vision placeholders are never part of an answer; a sampled `<|video_pad|>` would also break the next
@@ -137,6 +149,25 @@ class VideoGRPOTrainer(GRPOTrainer):
                 loaded[row["video_id"]] = self.video_loader(row["video_id"])
         return [loaded[row["video_id"]] for row in inputs]
 
+    def _tower_is_trainable(self) -> bool:
+        return any(p.requires_grad for p in vision_tower(self.model).parameters())
+
+    def _encode_videos(self, patches: list[torch.Tensor], grids: torch.Tensor, model=None) -> list[torch.Tensor]:
+        """Vision features of each distinct patch tensor in ``patches`` (one per row), computed once and shared,
+        by ``model``'s tower (default: the policy's)."""
+        distinct: dict[int, int] = {}
+        for row, tensor in enumerate(patches):
+            distinct.setdefault(id(tensor), row)
+        rows = list(distinct.values())
+        device = self.accelerator.device
+        inner = inner_vlm(self.model if model is None else model)
+        with self.accelerator.autocast():
+            out = inner.get_video_features(
+                torch.cat([patches[row] for row in rows]).to(device), grids[rows].to(device), return_dict=True
+            )
+        features = dict(zip(distinct, out.pooler_output))
+        return [features[id(tensor)] for tensor in patches]
+
     def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
         clips = self._load_clips(inputs)
         encoded = encode_batch(self.processing_class, [row["prompt"] for row in inputs], clips, padding_side="left")
@@ -149,9 +180,20 @@ class VideoGRPOTrainer(GRPOTrainer):
         }
         video = {key: encoded[key] for key in VIDEO_KEYS}
         video["second_per_grid_ts"] = video["second_per_grid_ts"].to(torch.float32)
-        self._video_inputs = {**video, "prompt_mm_token_type_ids": prompt_mm}
+        patches = per_row_patches(video["pixel_values_videos"], video["video_grid_thw"])
+        features = None
+        if self.shared_work:
+            # Rows of the same video share one patch tensor; with the tower frozen, one feature tensor too.
+            first: dict[str, torch.Tensor] = {}
+            patches = [first.setdefault(row["video_id"], tensor) for row, tensor in zip(inputs, patches)]
+            with torch.no_grad():
+                features = self._encode_videos(patches, video["video_grid_thw"])
+        self._video_inputs = {**video, "prompt_mm_token_type_ids": prompt_mm, "patches": patches}
+        if features is not None and not self._tower_is_trainable():
+            self._video_inputs["features"] = features
         try:
-            output = super()._generate_and_score_completions(inputs)
+            with self._shared_generation(inputs, features):
+                output = super()._generate_and_score_completions(inputs)
         finally:
             self._encoded_prompts = None
             self._video_inputs = None
@@ -159,13 +201,55 @@ class VideoGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         # Per-row entries: TRL shuffles the rows and splits them into per-step slices; a list of per-row patch
         # tensors and per-row grids move with their rows.
-        output["pixel_values_videos"] = per_row_patches(video["pixel_values_videos"], video["video_grid_thw"])
+        output["pixel_values_videos"] = patches
+        if features is not None and not self._tower_is_trainable():
+            output["video_features"] = features
         output["video_grid_thw"] = video["video_grid_thw"].to(device)
         output["second_per_grid_ts"] = video["second_per_grid_ts"].to(device)
         output["mm_token_type_ids"] = self._full_mm_token_type_ids(
             prompt_mm, output["prompt_ids"].size(1), output["completion_ids"].size(1)
         ).to(device)
         return output
+
+    @contextlib.contextmanager
+    def _shared_generation(self, inputs: list[dict], features: list[torch.Tensor] | None):
+        """During TRL's ``generate`` call: precomputed video features, and one prompt copy per run of equal rows."""
+        if features is None:
+            yield
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        original = model.generate
+        video_ids = [row["video_id"] for row in inputs]
+
+        def generate(input_ids, attention_mask, generation_config=None, **kwargs):
+            kwargs.pop("pixel_values_videos", None)
+            run = _equal_run_length(input_ids, attention_mask, video_ids)
+            greedy = generation_config is not None and not generation_config.do_sample
+            if run > 1 and generation_config is not None and not kwargs.get("return_dict_in_generate"):
+                keep = torch.arange(0, input_ids.size(0), run, device=input_ids.device)
+                generation_config = copy.deepcopy(generation_config)
+                # Sampling: the run's completions come from one prompt copy. Greedy: one completion, repeated.
+                generation_config.num_return_sequences = 1 if greedy else run
+                kwargs = {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+                input_ids, attention_mask = input_ids[keep], attention_mask[keep]
+                rows = keep.tolist()
+            else:
+                run, greedy, rows = 1, False, range(input_ids.size(0))
+            pooled = BaseModelOutputWithPooling(pooler_output=tuple(features[row] for row in rows))
+            out = original(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                mm_encoder_outputs={"video": pooled},
+                **kwargs,
+            )
+            return out.repeat_interleave(run, dim=0) if greedy else out
+
+        model.generate = generate
+        try:
+            yield
+        finally:
+            del model.generate
 
     @staticmethod
     def _full_mm_token_type_ids(prompt_mm: list[list[int]], prompt_width: int, completion_width: int) -> torch.Tensor:
@@ -195,13 +279,16 @@ class VideoGRPOTrainer(GRPOTrainer):
     # Log-probs
 
     def _compute_loss(self, model, inputs):
+        patches = inputs["pixel_values_videos"]
         self._video_inputs = {
-            "pixel_values_videos": torch.cat(inputs["pixel_values_videos"], dim=0)
-            if isinstance(inputs["pixel_values_videos"], list)
-            else inputs["pixel_values_videos"],
+            "pixel_values_videos": torch.cat(patches, dim=0) if isinstance(patches, list) else patches,
             "video_grid_thw": inputs["video_grid_thw"],
             "second_per_grid_ts": inputs["second_per_grid_ts"],
         }
+        if isinstance(patches, list):
+            self._video_inputs["patches"] = patches
+        if inputs.get("video_features") is not None:
+            self._video_inputs["features"] = inputs["video_features"]
         try:
             return super()._compute_loss(model, inputs)
         finally:
@@ -221,7 +308,7 @@ class VideoGRPOTrainer(GRPOTrainer):
                 video["prompt_mm_token_type_ids"], input_ids.size(1) - logits_to_keep, logits_to_keep
             ).to(input_ids.device)
         device = input_ids.device
-        patches = per_row_patches(video["pixel_values_videos"], video["video_grid_thw"])
+        patches = video.get("patches") or per_row_patches(video["pixel_values_videos"], video["video_grid_thw"])
         num_rows = input_ids.size(0)
         if len(patches) != num_rows:
             raise RuntimeError(f"{len(patches)} videos for {num_rows} rows")
@@ -230,11 +317,23 @@ class VideoGRPOTrainer(GRPOTrainer):
         results = []
         for start in range(0, num_rows, batch_size):
             end = min(start + batch_size, num_rows)
+            grids = video["video_grid_thw"][start:end]
             chunk_video = {
-                "pixel_values_videos": torch.cat(patches[start:end], dim=0).to(device),
-                "video_grid_thw": video["video_grid_thw"][start:end].to(device),
+                "video_grid_thw": grids.to(device),
                 "second_per_grid_ts": video["second_per_grid_ts"][start:end].to(device),
             }
+            if not self.shared_work:
+                chunk_video["pixel_values_videos"] = torch.cat(patches[start:end], dim=0).to(device)
+            else:
+                # Frozen tower: the rollout's features. Trainable tower: once per distinct video of the chunk,
+                # with grad (torch.is_grad_enabled() decides, as in a plain forward).
+                features = video.get("features")
+                if features is not None:
+                    chunk = features[start:end]
+                else:
+                    chunk = self._encode_videos(patches[start:end], grids, model)
+                pooled = BaseModelOutputWithPooling(pooler_output=tuple(chunk))
+                chunk_video["mm_encoder_outputs"] = {"video": pooled}
             with _extra_forward_kwargs(model, chunk_video):
                 results.append(
                     super()._get_per_token_logps_and_entropies(
@@ -251,6 +350,27 @@ class VideoGRPOTrainer(GRPOTrainer):
         entropies = torch.cat([r[1] for r in results], dim=0) if results[0][1] is not None else None
         aux = torch.stack([r[2] for r in results]).mean() if results[0][2] is not None else None
         return logps, entropies, aux
+
+
+def _equal_run_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, video_ids: list) -> int:
+    """``k`` when the rows come in runs of ``k`` identical (prompt, video) rows (a group, or its share on this
+    process); 1 when they do not."""
+    num_rows = input_ids.size(0)
+    same = [
+        video_ids[i] == video_ids[i + 1]
+        and torch.equal(input_ids[i], input_ids[i + 1])
+        and torch.equal(attention_mask[i], attention_mask[i + 1])
+        for i in range(num_rows - 1)
+    ]
+    lengths, current = [], 1
+    for equal in same:
+        if equal:
+            current += 1
+        else:
+            lengths.append(current)
+            current = 1
+    lengths.append(current)
+    return lengths[0] if len(set(lengths)) == 1 else 1
 
 
 @contextlib.contextmanager

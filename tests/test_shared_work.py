@@ -1,0 +1,132 @@
+"""shared_work: each distinct video is encoded once and a group's prompt is sampled from once, with the same rollouts,
+log-probs, loss and gradients as the per-row path it replaces (shared_work=False)."""
+
+import pytest
+import torch
+from test_trainer import CLIPS, dataset, length_reward, make_trainer
+
+from open_r1.trainer import vision_tower
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    from open_r1.modeling import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_shared"))
+
+
+def perturbed_trainer(tiny_path, tmp_path, shared_work, **overrides):
+    """A trainer whose policy sits away from the reference (so the KL and its gradient are not zero).
+
+    Only trained weights move, as in training: a frozen tower keeps the pretrained weights the reference model has.
+    """
+    values = dict(
+        reward_funcs=[length_reward],
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=6,
+        gradient_checkpointing=True,
+    )
+    values.update(overrides)
+    freeze = values.pop("freeze_vision_tower", True)
+    trainer = make_trainer(tiny_path, tmp_path / str(shared_work), **values)
+    trainer.shared_work = shared_work
+    if not freeze:
+        vision_tower(trainer.model).requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.add_(0.02 * torch.randn(param.shape, generator=gen))
+    trainer.model.train()
+    return trainer
+
+
+class TowerCounter:
+    """Counts the patches through the vision towers' first block (recomputes under gradient checkpointing too)."""
+
+    def __init__(self, *models):
+        self.calls = self.patches = 0
+        self.handles = [vision_tower(m).blocks[0].register_forward_hook(self.hook) for m in models if m is not None]
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+    def hook(self, module, args, output):
+        self.calls += 1
+        self.patches += args[0].shape[0]
+
+
+def rollout_and_grads(trainer, rows):
+    torch.manual_seed(1)
+    counter = TowerCounter(trainer.model, trainer.ref_model)
+    out = trainer._generate_and_score_completions(rows)
+    rollout_patches = counter.patches
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, out)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    counter.remove()
+    return out, loss.detach(), grads, rollout_patches, counter.patches - rollout_patches
+
+
+@pytest.mark.parametrize("freeze", [True, False], ids=["frozen_tower", "trainable_tower"])
+def test_same_rollouts_logps_loss_and_gradients(tiny_path, tmp_path, freeze):
+    # Two prompts with different videos (64 and 72 patches) and lengths, 4 completions each; num_iterations=2 makes
+    # TRL compute old-policy log-probs in the rollout too.
+    rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
+    results = {}
+    for shared in (False, True):
+        trainer = perturbed_trainer(tiny_path, tmp_path, shared, num_iterations=2, freeze_vision_tower=freeze)
+        results[shared] = rollout_and_grads(trainer, rows)
+    (old, old_loss, old_grads, old_roll, old_policy), (new, new_loss, new_grads, new_roll, new_policy) = (
+        results[False],
+        results[True],
+    )
+    assert torch.equal(old["completion_ids"], new["completion_ids"])  # the same samples
+    mask = old["completion_mask"].bool()
+    for key in ("ref_per_token_logps", "old_per_token_logps"):
+        torch.testing.assert_close(new[key][mask], old[key][mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(new_loss, old_loss, atol=1e-6, rtol=1e-5)
+    assert new_grads.keys() == old_grads.keys()
+    for name, grad in old_grads.items():
+        torch.testing.assert_close(new_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    visual = {f"model.visual.{n}" for n, _ in vision_tower(trainer.model).named_parameters()}
+    assert bool(visual & new_grads.keys()) == (not freeze)  # the tower gets a gradient exactly when trainable
+
+    distinct = sum(
+        CLIPS[v].frames.shape[0] // 2 * (CLIPS[v].frames.shape[2] // 14) * (CLIPS[v].frames.shape[3] // 14)
+        for v in ("v0", "v1")
+    )
+    assert distinct == 64 + 72
+    # Per-row path: the tower over all 8 rows (4 per video) in generation, the old-policy and the reference pass;
+    # then again over all rows in the policy pass.
+    assert old_roll == 3 * 4 * distinct
+    assert old_policy >= 4 * distinct
+    # Shared: each distinct video once per rollout; a frozen tower never again (the reference reuses the features:
+    # its tower is the same frozen weights), a trainable one once per distinct video in each pass.
+    assert new_roll == (distinct if freeze else 3 * distinct)
+    assert new_policy == (0 if freeze else distinct)
+
+
+def test_greedy_generation_is_the_same(tiny_path, tmp_path):
+    rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
+    completions = {}
+    for shared in (False, True):
+        trainer = perturbed_trainer(tiny_path, tmp_path, shared, generation_kwargs={"do_sample": False})
+        completions[shared] = trainer._generate_and_score_completions(rows)["completion_ids"]
+    assert torch.equal(completions[True], completions[False])
+
+
+def test_full_training_step_touches_the_frozen_tower_once(tiny_path, tmp_path):
+    trainer = perturbed_trainer(tiny_path, tmp_path, True, max_steps=1)
+    counter = TowerCounter(trainer.model)
+    before = {n: p.detach().clone() for n, p in vision_tower(trainer.model).named_parameters()}
+    trainer.train()
+    assert counter.calls == 1  # one pass encodes both distinct videos of the rollout; no backward recompute
+    for name, param in vision_tower(trainer.model).named_parameters():
+        assert param.grad is None and torch.equal(param, before[name]), name
