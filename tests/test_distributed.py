@@ -100,7 +100,25 @@ def runs(tmp_path_factory):
     ddp = torchrun(root / "ddp", root / "out_ddp", common, "--use_cpu", "true")
     ds_config = zero3_cpu_config(root / "zero3_offload_cpu.json")
     zero3 = torchrun(root / "zero3", root / "out_zero3", common, "--deepspeed", str(ds_config))
-    return {"model": model, "ddp": ddp, "zero3": zero3, "out_ddp": root / "out_ddp", "out_zero3": root / "out_zero3"}
+    # The per-row path (vision tower over every row, one prompt copy per completion) under the same ZeRO-3 run.
+    per_row = torchrun(
+        root / "zero3_per_row",
+        root / "out_zero3_per_row",
+        common,
+        "--deepspeed",
+        str(ds_config),
+        "--shared_work",
+        "false",
+    )
+    return {
+        "model": model,
+        "ddp": ddp,
+        "zero3": zero3,
+        "zero3_per_row": per_row,
+        "out_ddp": root / "out_ddp",
+        "out_zero3": root / "out_zero3",
+        "out_zero3_per_row": root / "out_zero3_per_row",
+    }
 
 
 def step_logs(record: dict) -> list[dict]:
@@ -170,4 +188,22 @@ def test_ddp_and_zero3_agree_on_the_same_rollouts(runs):
     zero3_change = weight_change(runs["out_zero3"], runs["model"])
     diff = math.sqrt(sum((ddp_change[n] - zero3_change[n]).pow(2).sum().item() for n in ddp_change))
     size = math.sqrt(sum(change.pow(2).sum().item() for change in ddp_change.values()))
+    assert size > 0 and diff / size < UPDATE_RTOL, (diff, size)
+
+
+@pytest.mark.slow
+def test_zero3_shared_work_equals_the_per_row_path(runs):
+    """One vision pass per video and packed groups under ZeRO-3 (2 processes, CPU offload) train exactly like the
+    per-row path: the same rollouts, grad norms, losses, KL and weight updates."""
+    shared, per_row = runs["zero3"], runs["zero3_per_row"]
+    for rank in range(2):
+        assert shared[rank]["rollouts"] == per_row[rank]["rollouts"]
+    for step, (a, b) in enumerate(zip(step_logs(shared[0]), step_logs(per_row[0]), strict=True), start=1):
+        assert math.isclose(a["grad_norm"], b["grad_norm"], rel_tol=GRAD_NORM_RTOL), (step, a, b)
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-3, abs_tol=1e-7), (step, a, b)
+        assert math.isclose(a["kl"], b["kl"], rel_tol=1e-3, abs_tol=1e-9), (step, a, b)
+    shared_change = weight_change(runs["out_zero3"], runs["model"])
+    per_row_change = weight_change(runs["out_zero3_per_row"], runs["model"])
+    diff = math.sqrt(sum((shared_change[n] - per_row_change[n]).pow(2).sum().item() for n in shared_change))
+    size = math.sqrt(sum(change.pow(2).sum().item() for change in per_row_change.values()))
     assert size > 0 and diff / size < UPDATE_RTOL, (diff, size)

@@ -281,3 +281,23 @@ def test_torchrun_two_ranks_from_scripts_folder(setup, full_run):
     records = lines(out / "predictions.jsonl")
     assert len(records) == len({r["query_id"] for r in records}) == NUM_QUERIES
     assert without_paths(json.loads((out / "metrics.json").read_text())) == without_paths(full_metrics)
+
+
+def test_shared_work_encodes_each_video_once_with_the_same_predictions(setup, full_run, monkeypatch):
+    """Batches of 4 hold 2 queries per video: the tower runs once per distinct video; the outputs are unchanged."""
+    from open_r1 import modeling
+
+    _, out = full_run  # shared_work is the default
+    calls = []
+    original = modeling.video_features_once
+
+    def spy(model, patches, grids, device):
+        calls.append((len(patches), len({id(p) for p in patches})))
+        return original(model, patches, grids, device)
+
+    monkeypatch.setattr(modeling, "video_features_once", spy)
+    ev.run_evaluation(make_args(setup, "shared_spy", overwrite=True))
+    assert calls and all(rows == 2 * distinct for rows, distinct in calls), calls  # 2 queries per synthetic video
+    per_row = ev.run_evaluation(make_args(setup, "per_row", shared_work=False))
+    shared = {r["query_id"]: r["output"] for r in lines(out / "predictions.jsonl")}
+    assert {r["query_id"]: r["output"] for r in lines(Path(per_row["output_dir"]) / "predictions.jsonl")} == shared

@@ -130,3 +130,68 @@ def test_full_training_step_touches_the_frozen_tower_once(tiny_path, tmp_path):
     assert counter.calls == 1  # one pass encodes both distinct videos of the rollout; no backward recompute
     for name, param in vision_tower(trainer.model).named_parameters():
         assert param.grad is None and torch.equal(param, before[name]), name
+
+
+class TokenCounter:
+    """Counts the tokens the language model processes (all forward calls)."""
+
+    def __init__(self, model):
+        self.tokens = 0
+        self.handle = model.model.language_model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        self.tokens += embeds.shape[0] * embeds.shape[1]
+
+
+def test_packed_passes_on_shuffled_rows(tiny_path, tmp_path):
+    """Rows in any order (TRL shuffles them), groups split or mixed: log-probs and entropies equal the per-row
+    path's, and the language model reads each prompt once per group."""
+    rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
+    order = torch.tensor([5, 0, 3, 6, 1, 7, 2, 4])
+    results = {}
+    for shared in (False, True):
+        trainer = perturbed_trainer(tiny_path, tmp_path, shared)
+        torch.manual_seed(1)
+        out = trainer._generate_and_score_completions(rows)
+        input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)[order]
+        attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)[order]
+        inputs = {
+            "pixel_values_videos": [out["pixel_values_videos"][i] for i in order],
+            "video_grid_thw": out["video_grid_thw"][order],
+            "second_per_grid_ts": out["second_per_grid_ts"][order],
+        }
+        if "video_features" in out:
+            inputs["video_features"] = [out["video_features"][i] for i in order]
+        trainer._video_inputs = {
+            "pixel_values_videos": torch.cat(inputs["pixel_values_videos"]),
+            "patches": inputs["pixel_values_videos"],
+            "video_grid_thw": inputs["video_grid_thw"],
+            "second_per_grid_ts": inputs["second_per_grid_ts"],
+        }
+        if "video_features" in inputs:
+            trainer._video_inputs["features"] = inputs["video_features"]
+        counter = TokenCounter(trainer.model)
+        with torch.no_grad():
+            logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+                trainer.model,
+                input_ids,
+                attention_mask,
+                out["completion_ids"].size(1),
+                batch_size=3,
+                compute_entropy=True,
+                mm_token_type_ids=out["mm_token_type_ids"][order],
+            )
+        counter.handle.remove()
+        results[shared] = (logps, entropies, out["completion_mask"][order].bool(), counter.tokens, out)
+    (old_logps, old_entropy, mask, old_tokens, old_out), (new_logps, new_entropy, _, new_tokens, _) = (
+        results[False],
+        results[True],
+    )
+    torch.testing.assert_close(new_logps[mask], old_logps[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(new_entropy[mask], old_entropy[mask], atol=1e-5, rtol=0)
+    # Per-row: 8 rows x (padded prompt + completion). Packed: per group, the prompt once + 4 blocks of C tokens.
+    width = old_out["completion_ids"].size(1)
+    prompts = old_out["prompt_mask"].sum(1)
+    assert old_tokens == 8 * (old_out["prompt_ids"].size(1) + width)
+    assert new_tokens == sum(prompts[i].item() - 1 + 4 * width for i in (0, 4))

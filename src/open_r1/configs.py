@@ -79,6 +79,15 @@ class VideoDataArguments(VideoArguments):
         },
     )
 
+    shared_work: bool = field(
+        default=True,
+        metadata={
+            "help": "Do shared work once: encode each distinct video once (per rollout in training, per batch in "
+            "evaluation), sample a group's completions from one prompt copy, and score a group's completions in one "
+            "packed sequence (sdpa). --shared_work false runs the per-row path (same results, for comparison)."
+        },
+    )
+
     def __post_init__(self):
         if self.position_layout not in POSITION_LAYOUTS:
             raise ValueError(
@@ -186,14 +195,6 @@ class GRPOScriptArguments(VideoDataArguments):
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on the first N queries only (smoke tests)."}
-    )
-    shared_work: bool = field(
-        default=True,
-        metadata={
-            "help": "Do work shared by a group once: encode each distinct video once per rollout (frozen tower) and "
-            "sample a group's completions from one prompt copy. --shared_work false runs the per-row path "
-            "(same results, for comparison)."
-        },
     )
 
     def __post_init__(self):

@@ -339,6 +339,7 @@ def _run_config(args: EvalArguments, name: str) -> dict[str, Any]:
         "do_sample": args.do_sample,
         "temperature": args.temperature if args.do_sample else None,
         "repetition_penalty": args.repetition_penalty,
+        "position_layout": args.position_layout,
     }
 
 
@@ -437,8 +438,9 @@ class _Generator:
 
     def __call__(self, queries: Sequence[dict[str, Any]], clips: Sequence[Any]) -> list[str]:
         import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        from open_r1.modeling import encode_batch
+        from open_r1.modeling import encode_batch, per_row_patches, video_features_once
         from open_r1.prompts import build_conversation
 
         conversations = [
@@ -446,6 +448,14 @@ class _Generator:
             for q in queries
         ]
         batch = encode_batch(self.processor, conversations, list(clips), padding_side="left")
+        if self.args.shared_work:
+            # One tower pass per distinct video of the batch (Charades-STA test has 2.8 queries per video).
+            first: dict[int, torch.Tensor] = {}
+            patches = per_row_patches(batch.pop("pixel_values_videos"), batch["video_grid_thw"])
+            patches = [first.setdefault(id(clip), tensor.to(self.dtype)) for clip, tensor in zip(clips, patches)]
+            with torch.inference_mode():
+                features = video_features_once(self.model, patches, batch["video_grid_thw"], self.device)
+            batch["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(pooler_output=tuple(features))}
         batch = {
             k: (v.to(self.device, self.dtype) if k == "pixel_values_videos" else v.to(self.device))
             if hasattr(v, "to")

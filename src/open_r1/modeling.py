@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoProcessor, BatchFeature, Qwen2_5_VLForConditionalGeneration
 from transformers.utils import is_flash_attn_2_available
 
-from open_r1.positions import DEFAULT_POSITION_LAYOUT, set_position_layout
+from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, set_position_layout
 
 logger = logging.getLogger(__name__)
 
@@ -259,3 +259,26 @@ def encode_batch(
         padding_side=padding_side,
         return_tensors="pt",
     )
+
+
+def per_row_patches(pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+    """Split the flat patch tensor of a batch into one tensor per row (one video per row)."""
+    return list(torch.split(pixel_values_videos, video_grid_thw.prod(-1).tolist(), dim=0))
+
+
+def video_features_once(model, patches: Sequence[torch.Tensor], grids: torch.Tensor, device) -> list[torch.Tensor]:
+    """The vision features of every row, with each distinct patch tensor (by identity) encoded once.
+
+    Rows of the same video pass the same tensor object; the tower runs once over the distinct videos, and rows share
+    the resulting feature tensors. Gradients flow when grad is enabled (a trainable tower). Pass the features on as
+    ``mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=tuple(features))}``.
+    """
+    distinct: dict[int, int] = {}
+    for row, tensor in enumerate(patches):
+        distinct.setdefault(id(tensor), row)
+    rows = list(distinct.values())
+    out = inner_vlm(model).get_video_features(
+        torch.cat([patches[row] for row in rows]).to(device), grids[rows].to(device), return_dict=True
+    )
+    features = dict(zip(distinct, out.pooler_output))
+    return [features[id(tensor)] for tensor in patches]

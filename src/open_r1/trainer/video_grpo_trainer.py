@@ -29,8 +29,9 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from trl import GRPOTrainer
 
-from open_r1.modeling import encode_batch, vision_token_ids
+from open_r1.modeling import encode_batch, per_row_patches, video_features_once, vision_token_ids
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, set_position_layout
+from open_r1.trainer.packing import packed_group, prompt_groups
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,6 @@ def vision_tower(model) -> torch.nn.Module:
         inner = inner.get_base_model()
     base = getattr(inner, "model", inner)
     return base.visual
-
-
-def per_row_patches(pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
-    """Split the flat patch tensor of a batch into one tensor per row (one video per row)."""
-    return list(torch.split(pixel_values_videos, video_grid_thw.prod(-1).tolist(), dim=0))
 
 
 class VideoGRPOTrainer(GRPOTrainer):
@@ -153,20 +149,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         return any(p.requires_grad for p in vision_tower(self.model).parameters())
 
     def _encode_videos(self, patches: list[torch.Tensor], grids: torch.Tensor, model=None) -> list[torch.Tensor]:
-        """Vision features of each distinct patch tensor in ``patches`` (one per row), computed once and shared,
-        by ``model``'s tower (default: the policy's)."""
-        distinct: dict[int, int] = {}
-        for row, tensor in enumerate(patches):
-            distinct.setdefault(id(tensor), row)
-        rows = list(distinct.values())
-        device = self.accelerator.device
-        inner = inner_vlm(self.model if model is None else model)
+        """Vision features per row, each distinct video once, by ``model``'s tower (default: the policy's)."""
         with self.accelerator.autocast():
-            out = inner.get_video_features(
-                torch.cat([patches[row] for row in rows]).to(device), grids[rows].to(device), return_dict=True
-            )
-        features = dict(zip(distinct, out.pooler_output))
-        return [features[id(tensor)] for tensor in patches]
+            return video_features_once(self.model if model is None else model, patches, grids, self.accelerator.device)
 
     def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
         clips = self._load_clips(inputs)
@@ -294,6 +279,55 @@ class VideoGRPOTrainer(GRPOTrainer):
         finally:
             self._video_inputs = None
 
+    def _packed_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, video, patches, entropy):
+        """Log-probs (and entropies) of every row, one packed sequence per group of rows sharing prompt and video."""
+        width = logits_to_keep
+        prompt_width = input_ids.size(1) - width
+        device = input_ids.device
+        features = video.get("features")
+        keys = [id(tensor) for tensor in (features if features is not None else patches)]
+        inner = inner_vlm(model)
+        video_token = inner.config.video_token_id
+        logps: list[torch.Tensor | None] = [None] * input_ids.size(0)
+        entropies: list[torch.Tensor | None] = [None] * input_ids.size(0)
+        for rows in prompt_groups(input_ids[:, :prompt_width], attention_mask[:, :prompt_width], keys):
+            first = rows[0]
+            prompt = input_ids[first, :prompt_width][attention_mask[first, :prompt_width].bool()]
+            grid = video["video_grid_thw"][first : first + 1].to(device)
+            interval = video["second_per_grid_ts"][first : first + 1].to(device)
+            with torch.no_grad():
+                positions, _ = inner.get_rope_index(
+                    prompt[None],
+                    mm_token_type_ids=2 * (prompt[None] == video_token).long(),
+                    video_grid_thw=grid,
+                    second_per_grid_ts=interval,
+                    attention_mask=torch.ones_like(prompt[None]),
+                )
+            packed = packed_group(
+                prompt, input_ids[rows, prompt_width:], attention_mask[rows, prompt_width:], positions[:, 0]
+            )
+            if features is not None:
+                row_features = [features[first]]
+            else:
+                row_features = self._encode_videos([patches[first]], video["video_grid_thw"][first : first + 1], model)
+            pooled = BaseModelOutputWithPooling(pooler_output=tuple(row_features))
+            with self.accelerator.autocast():
+                out = model(
+                    **packed,
+                    video_grid_thw=grid,
+                    second_per_grid_ts=interval,
+                    mm_encoder_outputs={"video": pooled},
+                    fused_lm_head=True,
+                )
+            scored = out.log_probs[0, prompt.numel() - 1 :].view(len(rows), width)
+            for index, row in enumerate(rows):
+                logps[row] = scored[index]
+            if entropy:
+                scored = out.entropy[0, prompt.numel() - 1 :].view(len(rows), width)
+                for index, row in enumerate(rows):
+                    entropies[row] = scored[index]
+        return torch.stack(logps), torch.stack(entropies) if entropy else None, None
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, **kwargs):
         video = self._video_inputs
         if video is None:
@@ -313,6 +347,10 @@ class VideoGRPOTrainer(GRPOTrainer):
         if len(patches) != num_rows:
             raise RuntimeError(f"{len(patches)} videos for {num_rows} rows")
         batch_size = kwargs.pop("batch_size", None) or num_rows
+        if self.shared_work and _accepts_packed_mask(model) and not kwargs.get("compute_aux_loss"):
+            return self._packed_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, video, patches, kwargs.get("compute_entropy")
+            )
 
         results = []
         for start in range(0, num_rows, batch_size):
@@ -350,6 +388,21 @@ class VideoGRPOTrainer(GRPOTrainer):
         entropies = torch.cat([r[1] for r in results], dim=0) if results[0][1] is not None else None
         aux = torch.stack([r[2] for r in results]).mean() if results[0][2] is not None else None
         return logps, entropies, aux
+
+
+def _accepts_packed_mask(model) -> bool:
+    """Packing needs an attention kernel that takes an arbitrary 4-D mask (sdpa, eager); flash-attention 2 does not."""
+    implementation = inner_vlm(model).language_model.config._attn_implementation
+    if implementation in ("sdpa", "eager"):
+        return True
+    if not getattr(_accepts_packed_mask, "warned", False):
+        logger.warning(
+            "%s attention takes no 4-D mask: log-prob passes score each completion with its own prompt copy "
+            "(attn_implementation sdpa packs a group into one sequence)",
+            implementation,
+        )
+        _accepts_packed_mask.warned = True
+    return False
 
 
 def _equal_run_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, video_ids: list) -> int:
