@@ -30,7 +30,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from trl import GRPOTrainer
 
 from open_r1.modeling import encode_batch, per_row_patches, video_features_once, vision_token_ids
-from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, set_position_layout
+from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, position_layout, set_position_layout
 from open_r1.trainer.packing import packed_group, prompt_groups
 
 logger = logging.getLogger(__name__)
@@ -209,32 +209,53 @@ class VideoGRPOTrainer(GRPOTrainer):
         def generate(input_ids, attention_mask, generation_config=None, **kwargs):
             kwargs.pop("pixel_values_videos", None)
             run = _equal_run_length(input_ids, attention_mask, video_ids)
-            greedy = generation_config is not None and not generation_config.do_sample
-            if run > 1 and generation_config is not None and not kwargs.get("return_dict_in_generate"):
-                keep = torch.arange(0, input_ids.size(0), run, device=input_ids.device)
-                generation_config = copy.deepcopy(generation_config)
-                # Sampling: the run's completions come from one prompt copy. Greedy: one completion, repeated.
-                generation_config.num_return_sequences = 1 if greedy else run
-                kwargs = {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-                input_ids, attention_mask = input_ids[keep], attention_mask[keep]
-                rows = keep.tolist()
-            else:
-                run, greedy, rows = 1, False, range(input_ids.size(0))
-            pooled = BaseModelOutputWithPooling(pooler_output=tuple(features[row] for row in rows))
-            out = original(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=generation_config,
-                mm_encoder_outputs={"video": pooled},
-                **kwargs,
+            if run == 1 or generation_config is None or kwargs.get("return_dict_in_generate"):
+                pooled = BaseModelOutputWithPooling(pooler_output=tuple(features))
+                return original(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=generation_config,
+                    mm_encoder_outputs={"video": pooled},
+                    **kwargs,
+                )
+            keep = torch.arange(0, input_ids.size(0), run, device=input_ids.device)
+            kwargs = {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            input_ids, attention_mask = input_ids[keep], attention_mask[keep]
+            pooled = BaseModelOutputWithPooling(pooler_output=tuple(features[row] for row in keep.tolist()))
+            generation_config = copy.deepcopy(generation_config)
+            if not generation_config.do_sample:  # greedy: one completion per prompt, repeated
+                generation_config.num_return_sequences = 1
+                out = original(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=generation_config,
+                    mm_encoder_outputs={"video": pooled},
+                    **kwargs,
+                )
+                return out.repeat_interleave(run, dim=0)
+            if position_layout(model) != "reference":
+                # The library's layout places the prompt's last token off its decode offset: no cache reuse.
+                generation_config.num_return_sequences = run
+                return original(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=generation_config,
+                    mm_encoder_outputs={"video": pooled},
+                    **kwargs,
+                )
+            return _sample_from_one_prefill(
+                model, original, input_ids, attention_mask, pooled, run, generation_config, kwargs
             )
-            return out.repeat_interleave(run, dim=0) if greedy else out
 
+        previous = model.__dict__.get("generate")  # an instance-level wrapper (profilers, tests) stays in place
         model.generate = generate
         try:
             yield
         finally:
-            del model.generate
+            if previous is None:
+                del model.generate
+            else:
+                model.generate = previous
 
     @staticmethod
     def _full_mm_token_type_ids(prompt_mm: list[list[int]], prompt_width: int, completion_width: int) -> torch.Tensor:
@@ -388,6 +409,41 @@ class VideoGRPOTrainer(GRPOTrainer):
         entropies = torch.cat([r[1] for r in results], dim=0) if results[0][1] is not None else None
         aux = torch.stack([r[2] for r in results]).mean() if results[0][2] is not None else None
         return logps, entropies, aux
+
+
+def _sample_from_one_prefill(model, generate, input_ids, attention_mask, pooled, run, generation_config, kwargs):
+    """Sample ``run`` completions per prompt with the prompt prefilled once: the KV cache of all but the last prompt
+    token is computed once per distinct prompt, copied ``run`` times, and ``generate`` continues from it (the last
+    prompt token and every sampled token are then processed per completion, as without sharing)."""
+    inner = inner_vlm(model)
+    video = {key: kwargs[key] for key in ("video_grid_thw", "second_per_grid_ts") if key in kwargs}
+    mm_token_type_ids = kwargs["mm_token_type_ids"]
+    with torch.no_grad():
+        prefill = model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention_mask[:, :-1],
+            mm_token_type_ids=mm_token_type_ids[:, :-1],
+            mm_encoder_outputs={"video": pooled},
+            use_cache=True,
+            logits_to_keep=1,
+            **video,
+        )
+        # Decode offsets of the whole prompt (its last token is text, continuing the layout), one per completion.
+        _, deltas = inner.get_rope_index(
+            input_ids, mm_token_type_ids=mm_token_type_ids, attention_mask=attention_mask, **video
+        )
+    cache = prefill.past_key_values
+    cache.batch_repeat_interleave(run)
+    inner.rope_deltas = deltas.repeat_interleave(run, dim=0)
+    generation_config.num_return_sequences = 1
+    expanded = {k: v.repeat_interleave(run, dim=0) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    return generate(
+        input_ids=input_ids.repeat_interleave(run, dim=0),
+        attention_mask=attention_mask.repeat_interleave(run, dim=0),
+        generation_config=generation_config,
+        cache=cache,
+        **expanded,
+    )
 
 
 def _accepts_packed_mask(model) -> bool:
