@@ -116,6 +116,10 @@ class PhaseMeter:
         # TRL's generation step (tokenized prompts in, completion ids out), around every generate() call.
         self._wrap(trainer, "_generate_single_turn", lambda *a, **k: "generation")
 
+    def wrap_backward(self):
+        """Attribute ``accelerator.backward`` (what Trainer.training_step calls) to the backward phase."""
+        self._wrap(self.trainer.accelerator, "backward", lambda *a, **k: "backward")
+
     @contextlib.contextmanager
     def backward(self):
         with self.phase("backward"):
