@@ -75,14 +75,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("frames, height, width, fps", CASES)
-@pytest.mark.parametrize("order", ["text_video", "video_text", "text_video_text"])
-def test_positions_equal_the_reference_formula(tiny, frames, height, width, fps, order):
-    _, processor, model = tiny
-    conv = conversation(
-        "when does it happen?", video_first=order == "video_text", text_after="answer" if "_text_" in order else None
-    )
-    batch = encode_batch(processor, [conv], [make_clip(frames, height, width, fps)])
+def model_and_reference_positions(model, batch, fps_values):
+    """The model's (positions, offsets) for an encoded batch, and the test's reference positions."""
     positions, deltas = model.model.get_rope_index(
         batch["input_ids"],
         mm_token_type_ids=batch["mm_token_type_ids"],
@@ -95,8 +89,20 @@ def test_positions_equal_the_reference_formula(tiny, frames, height, width, fps,
         batch["attention_mask"],
         model.config.video_token_id,
         batch["video_grid_thw"].tolist(),
-        [fps],
+        fps_values,
     )
+    return positions, deltas, expected
+
+
+@pytest.mark.parametrize("frames, height, width, fps", CASES)
+@pytest.mark.parametrize("order", ["text_video", "video_text", "text_video_text"])
+def test_positions_equal_the_reference_formula(tiny, frames, height, width, fps, order):
+    _, processor, model = tiny
+    conv = conversation(
+        "when does it happen?", video_first=order == "video_text", text_after="answer" if "_text_" in order else None
+    )
+    batch = encode_batch(processor, [conv], [make_clip(frames, height, width, fps)])
+    positions, deltas, expected = model_and_reference_positions(model, batch, [fps])
     assert torch.equal(positions, expected)
     assert deltas.item() == expected.max().item() + 1 - batch["input_ids"].shape[1]
 
@@ -111,20 +117,7 @@ def test_left_padded_batch_of_different_videos(tiny):
     ]
     batch = encode_batch(processor, convs, clips)
     assert not batch["attention_mask"].all()  # rows of different lengths: left padding is exercised
-    positions, deltas = model.model.get_rope_index(
-        batch["input_ids"],
-        mm_token_type_ids=batch["mm_token_type_ids"],
-        video_grid_thw=batch["video_grid_thw"],
-        second_per_grid_ts=batch["second_per_grid_ts"],
-        attention_mask=batch["attention_mask"],
-    )
-    expected = batch_positions(
-        batch["input_ids"],
-        batch["attention_mask"],
-        model.config.video_token_id,
-        batch["video_grid_thw"].tolist(),
-        [c.sample_fps for c in clips],
-    )
+    positions, deltas, expected = model_and_reference_positions(model, batch, [c.sample_fps for c in clips])
     assert torch.equal(positions, expected)
     real = batch["attention_mask"].sum(1)
     assert deltas.flatten().tolist() == (expected.amax(dim=(0, 2)) + 1 - real).tolist()
