@@ -238,20 +238,6 @@ def test_deepspeed_configs(name):
     assert config["train_micro_batch_size_per_gpu"] == "auto"
 
 
-@pytest.mark.slow
-def test_demo_runs_every_stage(tmp_path):
-    from open_r1.demo import run_demo
-
-    summary = run_demo(tmp_path / "demo", num_videos=4, max_steps=2, max_completion_length=8)
-    assert summary["num_queries"] == 4
-    for key in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU"):
-        assert 0.0 <= summary[key] <= 100.0
-    assert (tmp_path / "demo" / "reward_curve.png").stat().st_size > 1000
-    assert (tmp_path / "demo" / "checkpoint" / "model.safetensors").is_file()
-    assert (tmp_path / "demo" / "eval" / "predictions.jsonl").is_file()
-    assert len(list((tmp_path / "demo" / "cache").glob("*.safetensors"))) == 4  # one cache entry per video
-
-
 def length_reward(completions, **kwargs):
     """A reward with spread inside every group, so one step has a non-zero gradient."""
     return [len(c[0]["content"]) / 10 for c in completions]

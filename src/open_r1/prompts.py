@@ -11,6 +11,7 @@ __all__ = [
     "EVENT_PLACEHOLDER",
     "QUESTION_TEMPLATE",
     "QUESTION_TEMPLATE_NO_THINK",
+    "build_answer",
     "build_conversation",
     "build_question",
 ]
@@ -73,3 +74,20 @@ def build_conversation(query: str, think: bool = True, video_first: bool = False
     video = {"type": "video"}
     content = [video, text] if video_first else [text, video]
     return [{"role": "user", "content": content}]
+
+
+def build_answer(start: float, end: float, think: bool = True, reasoning: str = "") -> str:
+    """The assistant text of a supervised warm start, in the answer format the question asks for.
+
+    Args:
+        start: Start of the ground-truth window in seconds.
+        end: End of the window in seconds.
+        think: Include the `<think>` block (the format reward, paper eq. 3, requires it).
+        reasoning: Text inside `<think>`; empty by default (annotations carry no reasoning, and RL is what the paper
+            relies on to produce it).
+
+    Returns:
+        E.g. `"<think></think><answer>5.00 to 11.60</answer>"`: two decimals, as the question asks.
+    """
+    answer = f"<answer>{start:.2f} to {end:.2f}</answer>"
+    return f"<think>{reasoning}</think>{answer}" if think else answer

@@ -90,11 +90,15 @@ def make_grounding_dataset(
     out_dir,
     num_videos: int = 8,
     seed: int = 0,
-    duration: float = 8.0,
+    duration: float | tuple[int, int] = 8.0,
     fps: float = 4.0,
     size: tuple[int, int] = (48, 64),
     events_per_video: int = 1,
     codec: str = "libx264",
+    event_seconds: tuple[int, int] | None = None,
+    id_prefix: str = "synth",
+    blank: bool = False,
+    write_videos: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``num_videos`` synthetic videos plus a TimeZero-format annotation file.
 
@@ -106,19 +110,24 @@ def make_grounding_dataset(
         out_dir: folder that receives ``annotations.json`` and ``videos/<video_id>.mp4``.
         num_videos: number of videos (ids ``synth_000``, ``synth_001``, ...).
         seed: seed of the event layout; the same seed gives the same files.
-        duration: length of each video in seconds.
+        duration: length of each video in seconds, or an inclusive range of whole seconds drawn per video.
         fps: frame rate of the written videos.
         size: ``(height, width)`` of the frames.
         events_per_video: number of queries per video.
         codec: encoder passed to :func:`write_video` (``libvpx-vp9`` writes ``.webm``).
+        event_seconds: an inclusive range of event lengths in whole seconds, events starting on a whole second
+            (short events make a constant answer weak); default: 1 s up to half the video, on any frame.
+        id_prefix: video ids are ``<id_prefix>_000``, ...
+        blank: write background-only videos with the same annotations (the same seed gives the same events): a
+            baseline for what a model answers without seeing the events.
+        write_videos: ``False`` writes the annotation file only (the same events as with videos).
 
     Returns:
         ``(annotation_json_path, video_dir)``.
     """
     if not 1 <= events_per_video <= len(COLORS):
         raise ValueError(f"events_per_video must be between 1 and {len(COLORS)} (one colour per event)")
-    num_frames = int(round(duration * fps))
-    if num_frames < 2 * fps:
+    if min(duration if isinstance(duration, tuple) else (duration,)) * fps < 2 * fps:
         raise ValueError("duration must cover at least two seconds")
     height, width = size
     side = max(4, min(height, width) // 3)
@@ -128,27 +137,35 @@ def make_grounding_dataset(
     rng = np.random.default_rng(seed)
     annotations = {}
     for index in range(num_videos):
-        video_id = f"synth_{index:03d}"
+        video_id = f"{id_prefix}_{index:03d}"
+        seconds = int(rng.integers(duration[0], duration[1] + 1)) if isinstance(duration, tuple) else duration
+        num_frames = int(round(seconds * fps))
         frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
         frames[:] = BACKGROUND
         timestamps, sentences = [], []
         for color_index in rng.choice(len(COLORS), size=events_per_video, replace=False):
             color, shape = list(COLORS)[color_index], SHAPES[int(rng.integers(len(SHAPES)))]
             # Whole frames only, so the event boundaries in the file are exactly the annotated times.
-            length = int(rng.integers(int(fps), max(int(fps) + 1, num_frames // 2) + 1))
-            first = int(rng.integers(0, num_frames - length + 1))
+            if event_seconds is None:
+                length = int(rng.integers(int(fps), max(int(fps) + 1, num_frames // 2) + 1))
+                first = int(rng.integers(0, num_frames - length + 1))
+            else:
+                length_s = int(rng.integers(event_seconds[0], min(event_seconds[1], int(seconds)) + 1))
+                length, first = int(length_s * fps), int(rng.integers(0, int(seconds) - length_s + 1) * fps)
             top = int(rng.integers(0, height - side + 1))
             left = int(rng.integers(0, width - side + 1))
-            for frame in frames[first : first + length]:
+            for frame in frames[first : first + length] if not blank else ():
                 _draw(frame, shape, COLORS[color], top, left, side)
             timestamps.append([round(first / fps, 4), round((first + length) / fps, 4)])
             sentences.append(f"the {color} {shape} appears.")
-        write_video(video_dir / f"{video_id}.{suffix}", frames, fps=fps, codec=codec)
+        if write_videos:
+            write_video(video_dir / f"{video_id}.{suffix}", frames, fps=fps, codec=codec)
         annotations[video_id] = {
             "duration": round(num_frames / fps, 4),
             "timestamps": timestamps,
             "sentences": sentences,
         }
     annotation_path = out_dir / "annotations.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
     annotation_path.write_text(json.dumps(annotations, indent=1))
     return annotation_path, video_dir

@@ -1,0 +1,168 @@
+"""Supervised warm start for video grounding: teacher-forced answers in the paper's format, before GRPO.
+
+    python -m open_r1.sft_video --config recipes/charades/sft_qwen2_5_vl_7b.yaml --cache_dir cache/charades
+    bash scripts/run_sft_video.sh                       # torchrun + DeepSpeed, the same conventions as GRPO
+
+Each query becomes the GRPO prompt (same question, same video cache, same 3-D positions) followed by the target
+``<think></think><answer>S to E</answer><|im_end|>`` (:func:`open_r1.prompts.build_answer`); the loss covers the
+answer tokens only. Training runs on TRL's ``SFTTrainer`` with a collator that encodes through
+:func:`open_r1.modeling.encode_batch`, so the rows are laid out exactly like GRPO's log-prob passes (left-padded
+prompt, right-padded answer). The output folder holds model and processor: ``grpo_video --model_name_or_path`` and
+``evaluate.py --model_base`` take it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from trl import ModelConfig, SFTConfig, TrlParser
+
+from open_r1.configs import VideoDataArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTScriptArguments(VideoDataArguments):
+    """Data and video flags of the warm start (``python -m open_r1.sft_video``); optimisation flags are SFTConfig's."""
+
+    dataset: str = field(default="charades", metadata={"help": "Bundled dataset (ignored with --annotation_file)."})
+    split: str = field(default="train", metadata={"help": "Split of --dataset to train on."})
+    no_think: bool = field(default=False, metadata={"help": "Targets without the <think></think> block."})
+    video_first: bool = field(default=False, metadata={"help": "Put the video before the question in the prompt."})
+    freeze_vision_tower: bool = field(
+        default=True, metadata={"help": "Train only the language model (false: the vision encoder too)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N queries only."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cache_dir is None and self.video_dir is None:
+            raise ValueError("give --video_dir (raw videos) and/or --cache_dir (preprocessed videos)")
+
+
+def build_dataset(rows: list[dict], script_args: SFTScriptArguments):
+    """Rows -> a ``datasets.Dataset`` with the prompt conversation, the video id and the target text."""
+    from datasets import Dataset
+
+    from open_r1.prompts import build_answer, build_conversation
+
+    think = not script_args.no_think
+    return Dataset.from_list(
+        [
+            {
+                "prompt": build_conversation(row["query"], think=think, video_first=script_args.video_first),
+                "video_id": row["video_id"],
+                # The first window is the target (a query with several windows is a QVHighlights-style exception).
+                "answer": build_answer(*map(float, row["windows"][0]), think=think),
+            }
+            for row in rows
+        ]
+    )
+
+
+class VideoSFTCollator:
+    """Features -> model inputs: ``[left-padded prompt | right-padded answer + <|im_end|>]``, labels on the answer.
+
+    The prompt side goes through :func:`open_r1.modeling.encode_batch` (video patches, ``video_grid_thw``,
+    ``second_per_grid_ts``, ``mm_token_type_ids``), the layout of GRPO's log-prob passes.
+    """
+
+    def __init__(self, processor, video_loader):
+        self.processor = processor
+        self.video_loader = video_loader
+        tokenizer = processor.tokenizer
+        self.end_ids = tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]
+        self.pad_id = tokenizer.pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        from open_r1.modeling import encode_batch
+
+        clips: dict[str, object] = {}
+        for feature in features:
+            if feature["video_id"] not in clips:
+                clips[feature["video_id"]] = self.video_loader(feature["video_id"])
+        batch = encode_batch(
+            self.processor, [f["prompt"] for f in features], [clips[f["video_id"]] for f in features], "left"
+        )
+        tokenizer = self.processor.tokenizer
+        answers = [tokenizer(f["answer"], add_special_tokens=False)["input_ids"] + self.end_ids for f in features]
+        width = max(len(a) for a in answers)
+        answer_ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        answer_mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, ids in enumerate(answers):
+            answer_ids[row, : len(ids)] = torch.tensor(ids)
+            answer_mask[row, : len(ids)] = 1
+        prompt_width = batch["input_ids"].size(1)
+        batch["input_ids"] = torch.cat([batch["input_ids"], answer_ids], dim=1)
+        batch["attention_mask"] = torch.cat([batch["attention_mask"], answer_mask], dim=1)
+        batch["mm_token_type_ids"] = torch.nn.functional.pad(batch["mm_token_type_ids"], (0, width))
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        labels[:, :prompt_width] = -100
+        batch["labels"] = labels
+        batch["second_per_grid_ts"] = batch["second_per_grid_ts"].to(torch.float32)
+        return dict(batch)
+
+
+def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
+    """Train and save; returns the trainer."""
+    from trl import SFTTrainer
+
+    from open_r1.grpo_video import check_videos, load_rows, policy_dtypes, resolve_checkpoint, video_source
+    from open_r1.modeling import load_model, load_processor
+    from open_r1.trainer import vision_tower
+
+    if model_args.model_name_or_path is None:
+        raise ValueError("give --model_name_or_path")
+    rows = load_rows(script_args)
+    source = video_source(script_args)
+    check_videos(rows, source)
+    checkpoint = resolve_checkpoint(training_args)
+    # The collator reads the prompt, video id and answer columns; the dataset is encoded on the fly.
+    training_args.remove_unused_columns = False
+    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    dataset = build_dataset(rows, script_args)
+    logger.info("%d warm-start queries over %d videos", len(rows), len({r["video_id"] for r in rows}))
+
+    dtype, _ = policy_dtypes(model_args, training_args)
+    model = load_model(
+        model_args.model_name_or_path,
+        attn_implementation=model_args.attn_implementation,
+        dtype=dtype,
+        position_layout=script_args.position_layout,
+    )
+    if script_args.freeze_vision_tower:
+        vision_tower(model).requires_grad_(False)
+    processor = load_processor(model_args.model_name_or_path)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=VideoSFTCollator(processor, source.get),
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+    return trainer
+
+
+def cli(argv: list[str] | None = None):
+    from open_r1.grpo_video import use_gloo_for_cpu_deepspeed
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    argv = use_gloo_for_cpu_deepspeed(list(sys.argv[1:] if argv is None else argv))
+    parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    return main(script_args, training_args, model_args)
+
+
+if __name__ == "__main__":
+    cli()
