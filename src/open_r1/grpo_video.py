@@ -149,7 +149,6 @@ def resolve_checkpoint(training_args: GRPOConfig) -> str | None:
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig, callbacks=None):
     """Train and save; returns the trainer (its ``state.log_history`` holds every logged reward)."""
-    from open_r1.modeling import load_model, load_processor
     from open_r1.rewards import get_reward_funcs
     from open_r1.trainer import VideoGRPOTrainer
 
@@ -168,14 +167,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     dataset = build_dataset(rows, script_args)
     logger.info("%d training queries over %d videos", len(rows), len({r["video_id"] for r in rows}))
 
-    dtype, reference_dtype = policy_dtypes(model_args, training_args)
-    model = load_model(
-        model_args.model_name_or_path,
-        attn_implementation=model_args.attn_implementation,
-        dtype=dtype,
-        position_layout=script_args.position_layout,
-    )
-    processor = load_processor(model_args.model_name_or_path)
+    model, processor, reference_dtype = load_for_training(script_args, training_args, model_args)
     trainer = VideoGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -190,11 +182,31 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         callbacks=callbacks,
         peft_config=get_peft_config(model_args),  # None unless --use_peft
     )
+    return train_and_save(trainer, processor, checkpoint)
+
+
+def load_for_training(script_args, training_args, model_args):
+    """The model to train (fp32 master weights without DeepSpeed, the chosen position layout), its processor, and the
+    dtype of a frozen reference model."""
+    from open_r1.modeling import load_model, load_processor
+
+    dtype, reference_dtype = policy_dtypes(model_args, training_args)
+    model = load_model(
+        model_args.model_name_or_path,
+        attn_implementation=model_args.attn_implementation,
+        dtype=dtype,
+        position_layout=script_args.position_layout,
+    )
+    return model, load_processor(model_args.model_name_or_path), reference_dtype
+
+
+def train_and_save(trainer, processor, checkpoint: str | None):
+    """Train (resuming from ``checkpoint``), then save model and processor together, so `evaluate.py --model_base
+    OUTPUT_DIR` (and GRPO after a warm start) can load the folder."""
     trainer.train(resume_from_checkpoint=checkpoint)
-    # Model and processor together, so `evaluate.py --model_base OUTPUT_DIR` works.
-    trainer.save_model(training_args.output_dir)
+    trainer.save_model(trainer.args.output_dir)
     if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)
+        processor.save_pretrained(trainer.args.output_dir)
     return trainer
 
 
@@ -216,14 +228,18 @@ def use_gloo_for_cpu_deepspeed(argv: list[str]) -> list[str]:
     return [*argv, "--accelerator_config", json.dumps({"use_configured_state": True})]
 
 
-def cli(argv: list[str] | None = None):
+def parse_cli(dataclass_types: tuple, argv: list[str] | None) -> tuple:
+    """Logging, gloo for DeepSpeed on CPU processes, then the (script, training, model) arguments of an entry point
+    from ``--config recipe.yaml`` and flags."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     argv = use_gloo_for_cpu_deepspeed(list(sys.argv[1:] if argv is None else argv))
-    parser = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    return main(script_args, training_args, model_args)
+    return TrlParser(dataclass_types).parse_args_and_config(args=argv)
+
+
+def cli(argv: list[str] | None = None):
+    return main(*parse_cli((GRPOScriptArguments, GRPOConfig, ModelConfig), argv))
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ prompt, right-padded answer). The output folder holds model and processor: ``grp
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 
 import torch
-from trl import ModelConfig, SFTConfig, TrlParser
+from trl import ModelConfig, SFTConfig
 
 from open_r1.configs import VideoDataArguments
 
@@ -111,8 +110,14 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     """Train and save; returns the trainer."""
     from trl import SFTTrainer
 
-    from open_r1.grpo_video import check_videos, load_rows, policy_dtypes, resolve_checkpoint, video_source
-    from open_r1.modeling import load_model, load_processor
+    from open_r1.grpo_video import (
+        check_videos,
+        load_for_training,
+        load_rows,
+        resolve_checkpoint,
+        train_and_save,
+        video_source,
+    )
     from open_r1.trainer import vision_tower
 
     if model_args.model_name_or_path is None:
@@ -127,16 +132,9 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     dataset = build_dataset(rows, script_args)
     logger.info("%d warm-start queries over %d videos", len(rows), len({r["video_id"] for r in rows}))
 
-    dtype, _ = policy_dtypes(model_args, training_args)
-    model = load_model(
-        model_args.model_name_or_path,
-        attn_implementation=model_args.attn_implementation,
-        dtype=dtype,
-        position_layout=script_args.position_layout,
-    )
+    model, processor, _ = load_for_training(script_args, training_args, model_args)
     if script_args.freeze_vision_tower:
         vision_tower(model).requires_grad_(False)
-    processor = load_processor(model_args.model_name_or_path)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -145,23 +143,13 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         data_collator=VideoSFTCollator(processor, source.get),
         callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)
-    return trainer
+    return train_and_save(trainer, processor, checkpoint)
 
 
 def cli(argv: list[str] | None = None):
-    from open_r1.grpo_video import use_gloo_for_cpu_deepspeed
+    from open_r1.grpo_video import parse_cli
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    argv = use_gloo_for_cpu_deepspeed(list(sys.argv[1:] if argv is None else argv))
-    parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    return main(script_args, training_args, model_args)
+    return main(*parse_cli((SFTScriptArguments, SFTConfig, ModelConfig), argv))
 
 
 if __name__ == "__main__":
