@@ -136,3 +136,26 @@ def test_rejects_unresized_frames(tiny):
     processor, _ = tiny
     with pytest.raises(ValueError, match="multiples of 28"):
         encode_batch(processor, [conversation()], [make_clip(4, 50, 56)])
+
+
+@pytest.mark.parametrize("name", ["missing_run", "./missing_run", "a/b/c", "~/surely/not/here"])
+def test_a_missing_local_model_folder_fails_at_once_naming_it(tmp_path, monkeypatch, name):
+    """No Hub lookup (a repo-id error or minutes of retries) for a path that looks local; the message names it."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    path = f"outputs/{name}" if name == "missing_run" else name  # 'outputs' exists here, so outputs/x is local
+    started = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="model folder not found: .*missing_run|not/here|a/b/c"):
+        load_model(path)
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        load_processor(path)
+    assert time.perf_counter() - started < 5
+
+
+def test_hub_ids_and_existing_folders_pass_the_local_check(tiny):
+    from open_r1.modeling import ASSETS_DIR, check_model_path
+
+    check_model_path("Qwen/Qwen2.5-VL-7B-Instruct")  # org/name: left to the Hub, not refused here
+    check_model_path(ASSETS_DIR)

@@ -558,6 +558,9 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
         args = EvalArguments(**args)
     if args.rescore is not None:
         return rescore_predictions(args.rescore)
+    from open_r1.modeling import check_model_path
+
+    check_model_path(args.model_base)  # a misspelled local folder fails here, not after a Hub lookup
     queries, name = resolve_queries(args)
     if not queries:
         raise ValueError(f"{name}: no queries to evaluate")

@@ -149,6 +149,7 @@ def resolve_checkpoint(training_args: GRPOConfig) -> str | None:
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig, callbacks=None):
     """Train and save; returns the trainer (its ``state.log_history`` holds every logged reward)."""
+    from open_r1.modeling import check_model_path
     from open_r1.rewards import get_reward_funcs
     from open_r1.trainer import VideoGRPOTrainer
 
@@ -167,6 +168,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     dataset = build_dataset(rows, script_args)
     logger.info("%d training queries over %d videos", len(rows), len({r["video_id"] for r in rows}))
 
+    check_model_path(model_args.model_name_or_path)  # the last check before loading: a local folder must exist
     model, processor, reference_dtype = load_for_training(script_args, training_args, model_args)
     trainer = VideoGRPOTrainer(
         model=model,

@@ -45,8 +45,28 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
+def check_model_path(path: str | Path) -> None:
+    """Fail at once, naming the folder, when ``path`` looks local but does not exist.
+
+    Without this a misspelled local path goes to the Hugging Face Hub: ``a/b/c`` gives a repo-id error and ``a/b``
+    retries the network for minutes. A path is local when it starts with ``/``, ``.`` or ``~``, has more than one
+    ``/``, or its first component is a folder here; a Hub id (``Qwen/Qwen2.5-VL-7B-Instruct``) is none of these.
+    """
+    text = str(path)
+    folder = Path(text).expanduser()
+    if folder.exists():
+        return
+    first = text.split("/")[0]
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or (first != text and Path(first).is_dir()):
+        raise FileNotFoundError(
+            f"model folder not found: {folder.resolve()} (a checkpoint folder holds config.json; "
+            "a Hugging Face Hub id looks like org/name)"
+        )
+
+
 def load_processor(path: str | Path = ASSETS_DIR):
     """Load the Qwen2.5-VL processor (tokenizer + video processor + chat template) saved at ``path``."""
+    check_model_path(path)
     processor = AutoProcessor.from_pretrained(str(path))
     processor.tokenizer.padding_side = "left"
     return processor
@@ -63,6 +83,7 @@ def load_model(
     ``position_layout`` places the 3-D rope positions as the pretrained model expects ("reference", the default) or
     as the installed transformers does ("transformers"); see :mod:`open_r1.positions`.
     """
+    check_model_path(path)
     if isinstance(dtype, str) and dtype not in ("auto",):
         dtype = getattr(torch, dtype)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(

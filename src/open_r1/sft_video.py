@@ -118,6 +118,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         train_and_save,
         video_source,
     )
+    from open_r1.modeling import check_model_path
     from open_r1.trainer import vision_tower
 
     if model_args.model_name_or_path is None:
@@ -132,6 +133,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     dataset = build_dataset(rows, script_args)
     logger.info("%d warm-start queries over %d videos", len(rows), len({r["video_id"] for r in rows}))
 
+    check_model_path(model_args.model_name_or_path)  # the last check before loading: a local folder must exist
     model, processor, _ = load_for_training(script_args, training_args, model_args)
     if script_args.freeze_vision_tower:
         vision_tower(model).requires_grad_(False)
