@@ -46,6 +46,7 @@ def make_args(setup, name, **overrides):
         "output_dir": str(setup["root"] / name),
         "batch_size": 4,
         "max_new_tokens": 16,
+        "allow_missing_videos": True,  # the fixture's "ghost" query has no video on purpose
         **TINY_VIDEO,
     }
     kwargs.update(overrides)
@@ -267,6 +268,7 @@ def test_torchrun_two_ranks_from_scripts_folder(setup, full_run):
     out = setup["root"] / "ddp"
     cmd = ["bash", "evaluate.sh", "--model_base", setup["model"], "--annotation_file", setup["annotation"]]
     cmd += ["--video_dir", setup["video_dir"], "--output_dir", str(out), "--batch_size", "4", "--max_new_tokens", "16"]
+    cmd += ["--allow_missing_videos", "true"]
     cmd += [x for k, v in TINY_VIDEO.items() for x in (f"--{k}", str(v))]
     env = {
         **os.environ,
@@ -301,3 +303,24 @@ def test_shared_work_encodes_each_video_once_with_the_same_predictions(setup, fu
     per_row = ev.run_evaluation(make_args(setup, "per_row", shared_work=False))
     shared = {r["query_id"]: r["output"] for r in lines(out / "predictions.jsonl")}
     assert {r["query_id"]: r["output"] for r in lines(Path(per_row["output_dir"]) / "predictions.jsonl")} == shared
+
+
+def test_missing_videos_stop_the_run_before_the_model_loads(setup, monkeypatch, tmp_path):
+    """A misspelled cache or a cache built at other settings: counts, first ids and the settings, no model loaded."""
+    from open_r1.preprocess import preprocess_videos
+    from open_r1.video import VideoSettings
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(ev, "_load_model", no_model)
+    with pytest.raises(FileNotFoundError, match=r"1 of 5 videos \(1 of 8 queries\).*first missing: ghost"):
+        ev.run_evaluation(make_args(setup, "refuse", allow_missing_videos=False))
+    # Only a cache, built at 2 fps while this run asks for TINY_VIDEO's 1 fps.
+    cache = tmp_path / "cache"
+    videos = {f"synth_00{i}": Path(setup["video_dir"]) / f"synth_00{i}.mp4" for i in range(3)}
+    preprocess_videos(videos, cache, settings=VideoSettings(fps=2.0, total_pixels=8 * 28 * 28 * 4,
+                                                            min_pixels=28 * 28), progress=False)  # fmt: skip
+    args = make_args(setup, "other_settings", video_dir=None, cache_dir=str(cache), allow_missing_videos=False)
+    with pytest.raises(FileNotFoundError, match=r"3 of them are cached at other settings .*\"fps\": 2\.0"):
+        ev.run_evaluation(args)

@@ -151,6 +151,13 @@ class EvalArguments(VideoDataArguments):
     rescore: str | None = field(
         default=None, metadata={"help": "Recompute metrics from this predictions.jsonl alone (no model) and exit."}
     )
+    allow_missing_videos: bool = field(
+        default=False,
+        metadata={
+            "help": "Evaluate even when some videos are neither cached nor on disk (they score IoU 0 as "
+            "missing_video). By default the run stops before loading the model, with counts and the first ids."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

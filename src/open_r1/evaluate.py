@@ -564,6 +564,15 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
     queries, name = resolve_queries(args)
     if not queries:
         raise ValueError(f"{name}: no queries to evaluate")
+    from open_r1.video import VideoSource, describe_missing
+
+    source = VideoSource(args.to_settings(), cache_dir=args.cache_dir, video_dir=args.video_dir)
+    missing = describe_missing(source, [q["video_id"] for q in queries])
+    if missing and not args.allow_missing_videos:
+        # Before the model loads: a misspelled --cache_dir would otherwise score every query 0 and exit 0.
+        raise FileNotFoundError(f"{name}: {missing} --allow_missing_videos scores them as failures instead.")
+    if missing:
+        logger.warning("%s: %s They score IoU 0 (missing_video).", name, missing)
     import torch
 
     rank, world, local_rank = _dist_info()

@@ -52,20 +52,12 @@ def video_source(script_args: GRPOScriptArguments):
 
 def check_videos(rows: list[dict], source) -> None:
     """Fail with a count and the first few ids when any row's video is neither cached nor on disk."""
-    video_ids = [row["video_id"] for row in rows]
-    missing = source.missing(video_ids)
-    if missing:
-        missing_set = set(missing)
-        num_rows = sum(video_id in missing_set for video_id in video_ids)
-        where = []
-        if source.cache is not None:
-            where.append(f"cache {source.cache.root}")
-        if source.video_dir is not None:
-            where.append(f"video folder {source.video_dir}")
+    from open_r1.video import describe_missing
+
+    message = describe_missing(source, [row["video_id"] for row in rows], shown=NUM_MISSING_SHOWN)
+    if message:
         raise FileNotFoundError(
-            f"{len(missing)} of {len(set(video_ids))} videos ({num_rows} of {len(rows)} queries) are in neither "
-            f"{' nor '.join(where)}; first missing: {', '.join(missing[:NUM_MISSING_SHOWN])}. Run "
-            "`python -m open_r1.preprocess` (or fix --video_dir / --cache_dir / the video settings)."
+            f"{message} Run `python -m open_r1.preprocess` (or fix --video_dir / --cache_dir / the video settings)."
         )
 
 

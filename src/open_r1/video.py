@@ -502,3 +502,35 @@ class VideoSource:
                 continue
             missing.append(video_id)
         return missing
+
+
+def describe_missing(source: VideoSource, video_ids, shown: int = 5) -> str | None:
+    """None when ``source`` can provide every video; else how many are missing (videos and queries), the first ids,
+    where they were looked for (absolute paths), and whether the cache holds them at other video settings."""
+    video_ids = list(video_ids)
+    missing = source.missing(video_ids)
+    if not missing:
+        return None
+    missing_set = set(missing)
+    num_rows = sum(video_id in missing_set for video_id in video_ids)
+    where = []
+    if source.cache is not None:
+        where.append(f"cache {source.cache.root.resolve()}")
+    if source.video_dir is not None:
+        where.append(f"video folder {source.video_dir.resolve()}")
+    message = (
+        f"{len(missing)} of {len(set(video_ids))} videos ({num_rows} of {len(video_ids)} queries) are in neither "
+        f"{' nor '.join(where)}; first missing: {', '.join(missing[:shown])}."
+    )
+    if source.cache is not None:
+        other = [
+            problem.split(": ", 1)[1]
+            for problem in (source.cache.problem(video_id, source.settings) for video_id in missing)
+            if problem and problem.startswith("entry was made with other settings")
+        ]
+        if other:
+            message += (
+                f" {len(other)} of them are cached at other settings ({other[0]}; this run asks for "
+                f"{json.dumps(settings_key(source.settings))}): pass the video flags the cache was built with."
+            )
+    return message
