@@ -250,7 +250,7 @@ def plot_predictions(records: Sequence[dict[str, Any]], path: str | Path, num_qu
     ax_lines.set_yticklabels([_short(r["query"], 48) for r in reversed(shown)], fontsize=8)
     ax_lines.set_xlim(0, 1)
     ax_lines.set_xlabel("time / video duration")
-    ax_lines.set_title("ground truth (green) vs prediction (orange)")
+    ax_lines.set_title("ground truth (teal, upper bar) vs prediction (coral, lower bar)")
     # m = 0 would count every query (IoU >= 0), so the curve starts just above it.
     grid = [i / 100 for i in range(1, 101)]
     ax_curve.plot(grid, [100 * recall_at(ious, m) for m in grid], color="#264653")
