@@ -14,7 +14,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from open_r1.configs import EvalArguments
+from open_r1.configs import EvalArguments, normalize_video_flags
 from open_r1.evaluate import format_table, rescore_predictions, run_evaluation
 
 
@@ -24,6 +24,7 @@ def main(argv=None) -> dict:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    argv = normalize_video_flags(list(sys.argv[1:] if argv is None else argv))
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=argv)
     if args.rescore is not None:
         metrics = rescore_predictions(args.rescore)

@@ -195,3 +195,27 @@ def test_shell_wrapper_runs_from_any_directory(tmp_path):
     )
     assert result.returncode == 0
     assert "--total_pixels" in result.stdout and "--max_failures" in result.stdout
+
+
+def test_one_spelling_of_the_video_flags_everywhere():
+    """Preprocessing, training and evaluation take --video_fps/--video_total_pixels/... with products, and the old
+    preprocessing names as aliases."""
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    from open_r1.configs import EvalArguments, GRPOScriptArguments, normalize_video_flags
+    from open_r1.preprocess import build_parser
+
+    for flags in (
+        ["--video_fps", "1.0", "--video_total_pixels", "64*28*28", "--video_min_pixels=4*28*28"],
+        ["--fps", "1.0", "--total_pixels", "64*28*28", "--min_pixels=4*28*28"],
+    ):
+        pre = build_parser().parse_args(["--video_dir", "v", "--output_dir", "o", *flags])
+        assert (pre.video_fps, pre.video_total_pixels, pre.video_min_pixels) == (1.0, 64 * 28 * 28, 4 * 28 * 28)
+        normalized = normalize_video_flags(["--cache_dir", "c", *flags])
+        assert normalized[2:] == ["--video_fps", "1.0", "--video_total_pixels", "50176", "--video_min_pixels=3136"]
+        train, _, _ = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig)).parse_args_and_config(
+            args=normalized + ["--output_dir", "o", "--use_cpu", "true", "--bf16", "false"]
+        )
+        (evaluation,) = TrlParser((EvalArguments,)).parse_args_and_config(args=normalized + ["--model_base", "m"])
+        for args in (train, evaluation):
+            assert args.to_settings() == VideoSettings(fps=1.0, total_pixels=64 * 28 * 28, min_pixels=4 * 28 * 28)

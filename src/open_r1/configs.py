@@ -6,6 +6,7 @@ here; the three entry points read these defaults instead of repeating them.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, POSITION_LAYOUTS
@@ -16,6 +17,49 @@ DEFAULT_FPS = 2.0
 DEFAULT_TOTAL_PIXELS = 3584 * 28 * 28
 DEFAULT_MIN_PIXELS = 16 * 28 * 28
 DEFAULT_MAX_FRAMES = 768
+
+
+# Old spellings of the video flags (preprocessing used them), accepted everywhere as aliases.
+VIDEO_FLAG_ALIASES = {
+    "--fps": "--video_fps",
+    "--total_pixels": "--video_total_pixels",
+    "--min_pixels": "--video_min_pixels",
+    "--max_frames": "--video_max_frames",
+}
+_PIXEL_FLAGS = ("--video_total_pixels", "--video_min_pixels")
+
+
+def parse_int_expression(text) -> int:
+    """``"3584*28*28"`` -> 2809856. Accepts a product of positive integers (what the paper writes), nothing else."""
+    if isinstance(text, int):
+        return text
+    factors = str(text).replace(" ", "").split("*")
+    if not all(factor.isdigit() for factor in factors):
+        raise argparse.ArgumentTypeError(f"expected an integer or a product like 3584*28*28, got {text!r}")
+    value = 1
+    for factor in factors:
+        value *= int(factor)
+    return value
+
+
+def normalize_video_flags(argv: list[str]) -> list[str]:
+    """One spelling of the video flags for every entry point: old names become the ``--video_*`` names, and pixel
+    budgets written as products (``3584*28*28``) become integers."""
+    out: list[str] = []
+    expect_pixels = False
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in VIDEO_FLAG_ALIASES:
+            name = VIDEO_FLAG_ALIASES[name]
+        if expect_pixels:
+            arg, expect_pixels = str(parse_int_expression(arg)), False
+        elif eq and name in _PIXEL_FLAGS:
+            arg = f"{name}={parse_int_expression(value)}"
+        else:
+            arg = name + eq + value
+            expect_pixels = not eq and name in _PIXEL_FLAGS
+        out.append(arg)
+    return out
 
 
 @dataclass(frozen=True)

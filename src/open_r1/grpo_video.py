@@ -228,7 +228,9 @@ def parse_cli(dataclass_types: tuple, argv: list[str] | None) -> tuple:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    argv = use_gloo_for_cpu_deepspeed(list(sys.argv[1:] if argv is None else argv))
+    from open_r1.configs import normalize_video_flags
+
+    argv = use_gloo_for_cpu_deepspeed(normalize_video_flags(list(sys.argv[1:] if argv is None else argv)))
     return TrlParser(dataclass_types).parse_args_and_config(args=argv)
 
 

@@ -30,7 +30,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from open_r1.configs import DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MIN_PIXELS, DEFAULT_TOTAL_PIXELS, VideoSettings
+from open_r1.configs import (
+    DEFAULT_FPS,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MIN_PIXELS,
+    DEFAULT_TOTAL_PIXELS,
+    VideoSettings,
+    parse_int_expression,
+)
 from open_r1.jsonl import read_jsonl, repair_tail
 from open_r1.video import DECODERS, VideoCache, VideoDecodeError, decode_video, settings_key
 
@@ -43,19 +50,6 @@ _MP_CONTEXT = multiprocessing.get_context("fork")
 
 # --------------------------------------------------------------------------------------------------------------------
 # Which videos
-
-
-def parse_int_expression(text) -> int:
-    """``"3584*28*28"`` -> 2809856. Accepts a product of positive integers (what the paper writes), nothing else."""
-    if isinstance(text, int):
-        return text
-    factors = str(text).replace(" ", "").split("*")
-    if not all(factor.isdigit() for factor in factors):
-        raise argparse.ArgumentTypeError(f"expected an integer or a product like 3584*28*28, got {text!r}")
-    value = 1
-    for factor in factors:
-        value *= int(factor)
-    return value
 
 
 def video_ids_from_sources(sources: list[str]) -> list[str]:
@@ -368,17 +362,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--video_dir", required=True, help="Folder holding the raw videos (<video_id>.mp4, .webm, ...)."
     )
     parser.add_argument("--output_dir", required=True, help="Cache folder: <video_id>.safetensors + manifest.jsonl.")
-    parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="Frames sampled per second of video.")
+    # The same flag names (and product syntax) as training and evaluation; the short names stay as aliases.
     parser.add_argument(
+        "--video_fps", "--fps", type=float, default=DEFAULT_FPS, help="Frames sampled per second of video."
+    )
+    parser.add_argument(
+        "--video_total_pixels",
         "--total_pixels",
         type=parse_int_expression,
         default=DEFAULT_TOTAL_PIXELS,
         help="Pixel budget for all frames of one video; products such as 3584*28*28 are accepted.",
     )
     parser.add_argument(
-        "--min_pixels", type=parse_int_expression, default=DEFAULT_MIN_PIXELS, help="Minimum pixels per frame."
+        "--video_min_pixels",
+        "--min_pixels",
+        type=parse_int_expression,
+        default=DEFAULT_MIN_PIXELS,
+        help="Minimum pixels per frame.",
     )
-    parser.add_argument("--max_frames", type=int, default=DEFAULT_MAX_FRAMES, help="Upper bound on sampled frames.")
+    parser.add_argument(
+        "--video_max_frames",
+        "--max_frames",
+        type=int,
+        default=DEFAULT_MAX_FRAMES,
+        help="Upper bound on sampled frames.",
+    )
     parser.add_argument(
         "--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="Decoding processes (1: in this process)."
     )
@@ -399,7 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = VideoSettings(
-        fps=args.fps, total_pixels=args.total_pixels, min_pixels=args.min_pixels, max_frames=args.max_frames
+        fps=args.video_fps,
+        total_pixels=args.video_total_pixels,
+        min_pixels=args.video_min_pixels,
+        max_frames=args.video_max_frames,
     )
     from open_r1.data import find_video
 
