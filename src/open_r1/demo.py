@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from open_r1.configs import EvalArguments, GRPOScriptArguments, VideoSettings
+from open_r1.configs import EvalArguments, GRPOScriptArguments, VideoArguments
 
 logger = logging.getLogger("open_r1.demo")
 
@@ -47,8 +47,7 @@ def make_data(out: Path, train_videos: int | None = None) -> dict[str, Path]:
     from open_r1.preprocess import preprocess_videos
     from open_r1.synthetic import make_grounding_dataset
 
-    settings = VideoSettings(fps=DEMO_VIDEO["video_fps"], min_pixels=DEMO_VIDEO["video_min_pixels"],
-                             total_pixels=DEMO_VIDEO["video_total_pixels"])  # fmt: skip
+    settings = VideoArguments(**DEMO_VIDEO).to_settings()
     default_train, train_seed = SPLITS["train"]
     test_videos, test_seed = SPLITS["test"]
     splits = {

@@ -585,16 +585,14 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
             dist.init_process_group("gloo", timeout=timedelta(hours=24))
             initialized_here = True
     try:
-        return _evaluate(args, queries, name, rank, world, local_rank, torch)
+        return _evaluate(args, queries, name, rank, world, local_rank, torch, source)
     finally:
         if initialized_here:
             torch.distributed.destroy_process_group()
 
 
-def _evaluate(args, queries, name, rank, world, local_rank, torch) -> dict[str, Any]:
+def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> dict[str, Any]:
     from tqdm.auto import tqdm
-
-    from open_r1.video import VideoSource
 
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, name)
     _prepare_output_dir(output_dir, _run_config(args, name), args.overwrite, rank, world)
@@ -624,7 +622,6 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch) -> dict[str, 
         if device.type == "cuda":
             torch.cuda.set_device(device)
         generate = _Generator(args, device)
-        source = VideoSource(args.to_settings(), cache_dir=args.cache_dir, video_dir=args.video_dir)
         batches = [mine[i : i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
         hits = scored = 0
         # Decode the next batch's videos in a thread while the model generates the current one.

@@ -13,9 +13,9 @@ TRL 1.16 handles images only. This subclass wraps (never copies) four of its met
 
 With ``shared_work`` (the default) work shared by the rows of a group is done once: the frozen vision tower encodes
 each distinct video once per rollout, without grad, and those features serve generation and the old-policy,
-reference and policy passes (an unfrozen tower runs once per distinct video in each pass, with its gradient); and
-generation samples the completions of identical prompts with ``num_return_sequences`` from one copy of the prompt.
-``shared_work=False`` is the previous path (the tower over every row in every pass), kept for comparison.
+reference and policy passes (an unfrozen tower runs once per distinct video in each pass, with its gradient); a group's
+completions are scored in one packed sequence (``trainer/packing.py``); and generation prefills each distinct prompt
+once and samples its completions from copies of that cache. ``shared_work=False`` is the previous path (the tower over every row in every pass), kept for comparison.
 """
 
 from __future__ import annotations
@@ -173,9 +173,11 @@ class VideoGRPOTrainer(GRPOTrainer):
             patches = [first.setdefault(row["video_id"], tensor) for row, tensor in zip(inputs, patches)]
             with torch.no_grad():
                 features = self._encode_videos(patches, video["video_grid_thw"])
+        # Features every pass may reuse: only a frozen tower's (a trainable one runs again, with grad, per pass).
+        reusable = features if features is not None and not self._tower_is_trainable() else None
         self._video_inputs = {**video, "prompt_mm_token_type_ids": prompt_mm, "patches": patches}
-        if features is not None and not self._tower_is_trainable():
-            self._video_inputs["features"] = features
+        if reusable is not None:
+            self._video_inputs["features"] = reusable
         try:
             with self._shared_generation(inputs, features):
                 output = super()._generate_and_score_completions(inputs)
@@ -187,8 +189,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         # Per-row entries: TRL shuffles the rows and splits them into per-step slices; a list of per-row patch
         # tensors and per-row grids move with their rows.
         output["pixel_values_videos"] = patches
-        if features is not None and not self._tower_is_trainable():
-            output["video_features"] = features
+        if reusable is not None:
+            output["video_features"] = reusable
         output["video_grid_thw"] = video["video_grid_thw"].to(device)
         output["second_per_grid_ts"] = video["second_per_grid_ts"].to(device)
         output["mm_token_type_ids"] = self._full_mm_token_type_ids(
@@ -210,42 +212,30 @@ class VideoGRPOTrainer(GRPOTrainer):
             kwargs.pop("pixel_values_videos", None)
             run = _equal_run_length(input_ids, attention_mask, video_ids)
             if run == 1 or generation_config is None or kwargs.get("return_dict_in_generate"):
-                pooled = BaseModelOutputWithPooling(pooler_output=tuple(features))
-                return original(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=generation_config,
-                    mm_encoder_outputs={"video": pooled},
-                    **kwargs,
-                )
-            keep = torch.arange(0, input_ids.size(0), run, device=input_ids.device)
-            kwargs = {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-            input_ids, attention_mask = input_ids[keep], attention_mask[keep]
+                run, keep = 1, torch.arange(input_ids.size(0), device=input_ids.device)
+            else:
+                keep = torch.arange(0, input_ids.size(0), run, device=input_ids.device)
+                kwargs = {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+                input_ids, attention_mask = input_ids[keep], attention_mask[keep]
+                generation_config = copy.deepcopy(generation_config)
             pooled = BaseModelOutputWithPooling(pooler_output=tuple(features[row] for row in keep.tolist()))
-            generation_config = copy.deepcopy(generation_config)
-            if not generation_config.do_sample:  # greedy: one completion per prompt, repeated
-                generation_config.num_return_sequences = 1
-                out = original(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=generation_config,
-                    mm_encoder_outputs={"video": pooled},
-                    **kwargs,
+            if run > 1 and generation_config.do_sample and position_layout(model) == "reference":
+                return _sample_from_one_prefill(
+                    model, original, input_ids, attention_mask, pooled, run, generation_config, kwargs
                 )
-                return out.repeat_interleave(run, dim=0)
-            if position_layout(model) != "reference":
-                # The library's layout places the prompt's last token off its decode offset: no cache reuse.
-                generation_config.num_return_sequences = run
-                return original(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=generation_config,
-                    mm_encoder_outputs={"video": pooled},
-                    **kwargs,
-                )
-            return _sample_from_one_prefill(
-                model, original, input_ids, attention_mask, pooled, run, generation_config, kwargs
+            greedy = run > 1 and not generation_config.do_sample
+            if run > 1:
+                # Greedy: one completion per prompt, repeated. Sampling with the library's layout (its last prompt
+                # token sits off the decode offset, so no cache reuse): the run's completions from one prompt copy.
+                generation_config.num_return_sequences = 1 if greedy else run
+            out = original(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                mm_encoder_outputs={"video": pooled},
+                **kwargs,
             )
+            return out.repeat_interleave(run, dim=0) if greedy else out
 
         previous = model.__dict__.get("generate")  # an instance-level wrapper (profilers, tests) stays in place
         model.generate = generate
