@@ -106,7 +106,9 @@ def evaluate_stage(model_dir: Path, annotations: Path, cache: Path, out: Path, m
     return read_predictions(Path(metrics["output_dir"]) / "predictions.jsonl")
 
 
-def train_warm_start(model_dir: Path, train_annotations: Path, cache: Path, out: Path, seed: int, steps: int) -> Path:
+def train_warm_start(
+    model_dir: Path, train_annotations: Path, cache: Path, out: Path, seed: int, steps: int, batch_size: int = 16
+) -> Path:
     """The supervised warm start on the training split (open_r1.sft_video), vision tower included (it is random)."""
     from trl import ModelConfig, SFTConfig
 
@@ -118,7 +120,7 @@ def train_warm_start(model_dir: Path, train_annotations: Path, cache: Path, out:
     )
     training_args = SFTConfig(
         output_dir=str(out), use_cpu=True, bf16=False, logging_steps=10, save_strategy="no", report_to=[],
-        seed=seed, disable_tqdm=True, max_length=None, max_steps=steps, per_device_train_batch_size=16,
+        seed=seed, disable_tqdm=True, max_length=None, max_steps=steps, per_device_train_batch_size=batch_size,
         learning_rate=3e-3, lr_scheduler_type="constant_with_warmup", warmup_steps=min(30, steps // 5),
     )  # fmt: skip
     model_args = ModelConfig(model_name_or_path=str(model_dir), dtype="float32", attn_implementation="sdpa")
@@ -197,6 +199,7 @@ def run_demo(
     grpo_steps: int = 20,
     warm_start: str | Path | None = None,
     train_videos: int | None = None,
+    sft_batch_size: int = 16,
 ) -> dict:
     """Run every stage; returns the summary written to ``OUTPUT_DIR/summary.json``."""
     from open_r1.evaluate import compute_metrics
@@ -217,8 +220,10 @@ def run_demo(
     records["constant"] = constant_predictions(splits["train"], splits["test"])
 
     if warm_start is None:
-        logger.info("3/5 supervised warm start: %d steps of 16 queries", sft_steps)
-        warm_start = train_warm_start(random_dir, splits["train"], cache, out / "warm_start", seed, sft_steps)
+        logger.info("3/5 supervised warm start: %d steps of %d queries", sft_steps, sft_batch_size)
+        warm_start = train_warm_start(
+            random_dir, splits["train"], cache, out / "warm_start", seed, sft_steps, sft_batch_size
+        )
     else:
         logger.info("3/5 supervised warm start: %s", warm_start)
     warm_start = Path(warm_start)
@@ -252,13 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/demo", help="Where data, cache, checkpoints and plots go.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the model, the warm start and GRPO sampling.")
-    parser.add_argument("--sft_steps", type=int, default=100, help="Warm-start steps (16 queries each).")
+    parser.add_argument("--sft_steps", type=int, default=100, help="Warm-start steps.")
+    parser.add_argument("--sft_batch_size", type=int, default=16, help="Queries per warm-start step.")
     parser.add_argument("--grpo_steps", type=int, default=20, help="GRPO steps (2 queries x 8 completions each).")
     parser.add_argument("--warm_start", default=None, help="Start GRPO from this checkpoint instead of training one.")
     parser.add_argument("--train_videos", type=int, default=None, help="Training videos (default 64, 2 queries each).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    run_demo(args.output_dir, args.seed, args.sft_steps, args.grpo_steps, args.warm_start, args.train_videos)
+    run_demo(
+        args.output_dir, args.seed, args.sft_steps, args.grpo_steps, args.warm_start, args.train_videos,
+        args.sft_batch_size,
+    )  # fmt: skip
     return 0
 
 
