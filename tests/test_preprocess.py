@@ -37,8 +37,9 @@ def dataset(tmp_path_factory):
     shutil.copy(REAL_VIDEOS["carphone_pristine"], video_dir / "carphone.mp4")
     (video_dir / "corrupt.mp4").write_bytes(REAL_VIDEOS["bikes"].read_bytes()[:5000])
     make_clip(video_dir / "narrow.webm", 12, size=(32, 48), fps=6, codec="libvpx-vp9")
-    for video_id in ("carphone", "corrupt", "narrow", "absent"):
-        records[video_id] = {"duration": 4.0, "timestamps": [[0.0, 1.0]], "sentences": ["something happens."]}
+    carphone = decode_video(video_dir / "carphone.mp4", decoder="pyav").duration
+    for video_id, duration in (("carphone", carphone), ("corrupt", 4.0), ("narrow", 2.0), ("absent", 4.0)):
+        records[video_id] = {"duration": duration, "timestamps": [[0.0, 1.0]], "sentences": ["something happens."]}
     annotation.write_text(json.dumps(records))
     return annotation, video_dir
 

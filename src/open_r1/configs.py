@@ -195,6 +195,13 @@ class EvalArguments(VideoDataArguments):
     rescore: str | None = field(
         default=None, metadata={"help": "Recompute metrics from this predictions.jsonl alone (no model) and exit."}
     )
+    allow_mixed: bool = field(
+        default=False,
+        metadata={
+            "help": "With --rescore: score a file whose lines come from runs with different settings, or that "
+            "scores a query twice differently (first line kept). By default such a file is refused."
+        },
+    )
     allow_missing_videos: bool = field(
         default=False,
         metadata={

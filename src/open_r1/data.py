@@ -228,6 +228,8 @@ def _json_records(path: Path, text: str) -> tuple[str, list[tuple[str, float, li
         raise ValueError(f"{path}: invalid JSON{hint}: {error}") from None
     except ValueError as error:  # duplicate key
         raise ValueError(f"{path}: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to be an annotation file") from None
     if not isinstance(data, dict):
         raise ValueError(
             f"{path}: unknown annotation format: a JSON {type(data).__name__} at top level; expected an object "
@@ -426,14 +428,19 @@ def find_video(video_dir: str | Path, video_id: str) -> Path | None:
     """Path of ``video_id``'s file in ``video_dir`` or None.
 
     Tries the extensions in :data:`VIDEO_EXTENSIONS` (in that order) and, for ActivityNet, the id with and without
-    its ``v_`` prefix (annotations say ``v_abc``, downloads are often named ``abc.mp4``, and the reverse).
+    its ``v_`` prefix (annotations say ``v_abc``, downloads are often named ``abc.mp4``, and the reverse). The id
+    must be a plain file name (:func:`open_r1.video.check_video_id` raises ``InvalidVideoId`` otherwise), so the path
+    never leaves ``video_dir``. A broken symlink or a symlink loop is returned too, so that decoding names the problem
+    instead of "not found".
     """
+    from open_r1.video import check_video_id
+
     video_dir = Path(video_dir)
-    names = [video_id]
-    names.append(video_id[2:] if video_id.startswith("v_") else f"v_{video_id}")
-    for name in names:
+    check_video_id(video_id)
+    other = video_id[2:] if video_id.startswith("v_") else f"v_{video_id}"
+    for name in [video_id] + ([other] if other and not other.startswith(".") else []):
         for extension in VIDEO_EXTENSIONS:
             candidate = video_dir / f"{name}{extension}"
-            if candidate.is_file():
+            if candidate.is_file() or candidate.is_symlink():
                 return candidate
     return None

@@ -107,7 +107,14 @@ def evaluate_stage(model_dir: Path, annotations: Path, cache: Path, out: Path, m
 
 
 def train_warm_start(
-    model_dir: Path, train_annotations: Path, cache: Path, out: Path, seed: int, steps: int, batch_size: int = 16
+    model_dir: Path,
+    train_annotations: Path,
+    cache: Path,
+    out: Path,
+    seed: int,
+    steps: int,
+    batch_size: int = 16,
+    answer_decimals: int = 0,
 ) -> Path:
     """The supervised warm start on the training split (open_r1.sft_video), vision tower included (it is random)."""
     from trl import ModelConfig, SFTConfig
@@ -116,7 +123,11 @@ def train_warm_start(
     from open_r1.sft_video import main as sft
 
     script_args = SFTScriptArguments(
-        annotation_file=str(train_annotations), cache_dir=str(cache), freeze_vision_tower=False, **DEMO_VIDEO
+        annotation_file=str(train_annotations),
+        cache_dir=str(cache),
+        freeze_vision_tower=False,
+        answer_decimals=answer_decimals,
+        **DEMO_VIDEO,
     )
     training_args = SFTConfig(
         output_dir=str(out), use_cpu=True, bf16=False, logging_steps=10, save_strategy="no", report_to=[],

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -111,6 +113,8 @@ def compute_metrics(records: Iterable[dict[str, Any]], thresholds: Sequence[floa
         kind: n for kind, n in failures.items() if kind not in FAILURE_KINDS
     }
     metrics["num_fallback_parses"] = sum(1 for r in records if r.get("rule") == "fallback")
+    # Scored like any other query (the denominator keeps them), but the model never saw the window: a truncated file.
+    metrics["num_clip_ends_before_gt"] = sum(1 for r in records if r.get("clip_ends_before_gt"))
     return metrics
 
 
@@ -169,16 +173,85 @@ def record_key(record: dict[str, Any]) -> str:
     return record.get("query_id") or f"{record['video_id']}\x00{record['query']}"
 
 
-def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """Lines of a predictions file, first occurrence of each query kept; unreadable lines are skipped with a warning
-    (the last line of a killed run may be cut short)."""
-    records, seen = [], set()
-    for record in read_jsonl(path):
-        key = record_key(record)
-        if key not in seen:
-            seen.add(key)
-            records.append(record)
-    return records
+class PredictionsFileError(ValueError):
+    """A predictions file that cannot be scored as it is; the message names the file and line."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_span(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(x) for x in value)
+
+
+def record_problem(record) -> str | None:
+    """Why a predictions line is not a usable record (its JSON parsed), or None.
+
+    A record is an object with a ``query_id`` (or ``video_id`` + ``query``), ``gt`` (a list of ``[start, end]``
+    numbers), ``pred`` null or ``[start, end]``, ``output`` null or text, and optional numeric ``iou``.
+    """
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not an object"
+    query_id = record.get("query_id")
+    if not (isinstance(query_id, (str, int)) and not isinstance(query_id, bool) and str(query_id)):
+        if not (isinstance(record.get("video_id"), str) and isinstance(record.get("query"), str)):
+            return "has no query_id (nor video_id and query)"
+    gt = record.get("gt")
+    if not isinstance(gt, list) or not gt or not all(_is_span(window) for window in gt):
+        return "has no gt list of [start, end] numbers"
+    if record.get("pred") is not None and not _is_span(record["pred"]):
+        return f"has a pred that is not [start, end] numbers: {str(record['pred'])[:60]}"
+    if record.get("output") is not None and not isinstance(record["output"], str):
+        return "has an output that is not text"
+    if record.get("iou") is not None and not _is_number(record["iou"]):
+        return "has a non-numeric iou"
+    return None
+
+
+def read_predictions(path: str | Path, strict: bool = False, report: dict | None = None) -> list[dict[str, Any]]:
+    """The records of a predictions file, one per query.
+
+    Rules: a line that does not parse as JSON (the last line of a killed run may be cut short) is skipped with a
+    warning. A line that parses but is not a record (:func:`record_problem`) is skipped with a warning naming file and
+    line (the query is then evaluated again on resume), or, with ``strict`` (rescoring), raises
+    :class:`PredictionsFileError`. A query that appears twice is reported (first line kept when both lines are equal;
+    with ``strict``, differing duplicates raise: two runs concatenated). ``report``, when given, receives
+    ``{"bad_lines": [...], "duplicates": [...]}``.
+    """
+    path = Path(path)
+    records: dict[str, dict[str, Any]] = {}
+    bad, duplicates, conflicts = [], [], []
+    for number, record in read_jsonl(path, with_line_numbers=True):
+        problem = record_problem(record)
+        if problem is not None:
+            if strict:
+                raise PredictionsFileError(f"{path}:{number}: line {problem}")
+            bad.append(f"{path}:{number}: line {problem}")
+            continue
+        key = str(record_key(record))
+        if key in records:
+            duplicates.append(key)
+            if records[key] != record:
+                conflicts.append((key, number))
+            continue
+        records[key] = record
+    if bad:
+        logger.warning("%d malformed line(s) skipped: %s", len(bad), "; ".join(bad[:3]))
+    if duplicates:
+        logger.warning(
+            "%s: %d queries appear more than once (e.g. %s), %d with different content; the first line of each is used",
+            path, len(duplicates), duplicates[0], len(conflicts),
+        )  # fmt: skip
+    if strict and conflicts:
+        key, number = conflicts[0]
+        raise PredictionsFileError(
+            f"{path}:{number}: query {key} was already scored differently earlier in the file ({len(conflicts)} such "
+            "conflicts: two runs concatenated?); pass --allow_mixed to keep the first line of each"
+        )
+    if report is not None:
+        report.update(bad_lines=bad, duplicates=duplicates)
+    return list(records.values())
 
 
 def _write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:
@@ -282,12 +355,30 @@ def _short(text: str, n: int) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def rescore_predictions(path: str | Path, write: bool = True, plot: bool = True) -> dict[str, Any]:
-    """Metrics of a predictions file alone (no model); writes ``metrics.json`` (and the plot) beside it."""
+def rescore_predictions(
+    path: str | Path, write: bool = True, plot: bool = True, allow_mixed: bool = False
+) -> dict[str, Any]:
+    """Metrics of a predictions file alone (no model); writes ``metrics.json`` (and the plot) beside it.
+
+    Strict: a malformed line stops it (file and line named); so does a file whose lines come from runs with
+    different settings (their ``run_id``) or that scores one query twice differently, unless ``allow_mixed``.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"predictions file not found: {path}")
-    records = [rescore_record(r) for r in read_predictions(path)]
+        raise FileNotFoundError(f"predictions file not found: {path.resolve()}")
+    records = read_predictions(path, strict=not allow_mixed)
+    if not allow_mixed:
+        for record in records:
+            if record_problem(record) is not None:  # pragma: no cover - read_predictions raised already
+                raise PredictionsFileError(f"{path}: {record_problem(record)}")
+    runs = Counter(record.get("run_id") for record in records if record.get("run_id"))
+    if len(runs) > 1 and not allow_mixed:
+        (first, n_first), (second, n_second) = runs.most_common(2)
+        raise PredictionsFileError(
+            f"{path} mixes predictions of {len(runs)} runs with different settings or splits (run_id {first}: "
+            f"{n_first} lines, {second}: {n_second} lines, ...); pass --allow_mixed to score them together"
+        )
+    records = [rescore_record(r) for r in records]
     metrics = compute_metrics(records)
     if write:
         _write_json_atomic(path.parent / METRICS_FILE, metrics)
@@ -533,6 +624,10 @@ def _generate_records(generate, batch, clips) -> list[dict[str, Any]]:
             continue
         for query, output in zip(group, outputs):
             records[query["query_id"]] = _result(query, output)
+    for query in ready:
+        start = min(float(window[0]) for window in query["windows"])
+        if clips[query["video_id"]].duration <= start:
+            records[query["query_id"]]["clip_ends_before_gt"] = True
     return [records[q["query_id"]] for q in batch]
 
 
@@ -557,7 +652,7 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
     if isinstance(args, dict):
         args = EvalArguments(**args)
     if args.rescore is not None:
-        return rescore_predictions(args.rescore)
+        return rescore_predictions(args.rescore, allow_mixed=args.allow_mixed)
     from open_r1.modeling import check_model_path
 
     check_model_path(args.model_base)  # a misspelled local folder fails here, not after a Hub lookup
@@ -595,7 +690,10 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> di
     from tqdm.auto import tqdm
 
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, name)
-    _prepare_output_dir(output_dir, _run_config(args, name), args.overwrite, rank, world)
+    config = _run_config(args, name)
+    _prepare_output_dir(output_dir, config, args.overwrite, rank, world)
+    # Every line carries its run's id, so that a file holding lines of two runs is noticed when rescored.
+    run_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
     done = set()
     for path in [output_dir / PREDICTIONS_FILE, *shard_paths(output_dir)]:
@@ -633,6 +731,7 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> di
                 if i + 1 < len(batches):
                     pending = pool.submit(_load_clips, source, batches[i + 1])
                 for record in _generate_records(generate, batch, clips):
+                    record["run_id"] = run_id
                     out.write(json.dumps(record) + "\n")
                     out.flush()
                     hits += record_iou(record) >= 0.5 - IOU_TIE_EPS

@@ -50,15 +50,45 @@ def video_source(script_args: GRPOScriptArguments):
     return VideoSource(script_args.to_settings(), cache_dir=script_args.cache_dir, video_dir=script_args.video_dir)
 
 
-def check_videos(rows: list[dict], source) -> None:
-    """Fail with a count and the first few ids when any row's video is neither cached nor on disk."""
-    from open_r1.video import describe_missing
+def check_videos(rows: list[dict], source) -> list[dict]:
+    """The rows to train on, after checks that need no model.
+
+    Fails with a count and the first few ids when any row's video is neither cached nor on disk, or (raw files only:
+    a cheap probe that decodes one frame) cannot be decoded. Drops, with a count, the rows whose video's frames end
+    before their ground truth starts (a truncated file cached with ``--accept_short_videos``): a reward against a
+    window the model cannot see teaches nothing.
+    """
+    from open_r1.video import VideoDecodeError, describe_missing
 
     message = describe_missing(source, [row["video_id"] for row in rows], shown=NUM_MISSING_SHOWN)
     if message:
         raise FileNotFoundError(
             f"{message} Run `python -m open_r1.preprocess` (or fix --video_dir / --cache_dir / the video settings)."
         )
+    durations, broken = {}, {}
+    for video_id in dict.fromkeys(row["video_id"] for row in rows):
+        try:
+            durations[video_id] = source.known_duration(video_id)
+        except VideoDecodeError as error:
+            broken[video_id] = str(error)
+    if broken:
+        first = "; ".join(f"{video_id}: {reason}" for video_id, reason in list(broken.items())[:NUM_MISSING_SHOWN])
+        raise ValueError(f"{len(broken)} videos cannot be decoded ({first}); preprocess them to see every failure")
+    kept, dropped = [], []
+    for row in rows:
+        end = durations.get(row["video_id"])
+        start = min(float(window[0]) for window in row["windows"])
+        (dropped if end is not None and start >= end else kept).append(row)
+    if dropped:
+        row = dropped[0]
+        logger.warning(
+            "%d of %d queries dropped: their video ends before the ground truth starts (e.g. %s: frames end at "
+            "%.2f s, window %s); truncated files cached with --accept_short_videos?",
+            len(dropped), len(rows), row["video_id"], durations[row["video_id"]], row["windows"][0],
+        )  # fmt: skip
+    if not kept:
+        raise ValueError("no query is left to train on: every video ends before its ground truth starts")
+    return kept
 
 
 def check_batch_sizes(training_args: GRPOConfig, num_rows: int) -> None:
@@ -151,7 +181,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
     rows = load_rows(script_args)
     source = video_source(script_args)
-    check_videos(rows, source)
+    rows = check_videos(rows, source)
     check_batch_sizes(training_args, len(rows))
     checkpoint = resolve_checkpoint(training_args)
     if training_args.remove_unused_columns:

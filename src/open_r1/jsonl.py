@@ -29,19 +29,24 @@ def repair_tail(path: str | Path) -> None:
             f.truncate(keep)
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The records of a JSON Lines file (none if it does not exist); unreadable lines are skipped with a warning."""
+def read_jsonl(path: str | Path, with_line_numbers: bool = False) -> Iterator[Any]:
+    """The values of a JSON Lines file (none if it does not exist); unreadable lines are skipped with a warning that
+    names the file and the first such line. With ``with_line_numbers``, yields ``(line_number, value)``."""
     path = Path(path)
     if not path.is_file():
         return
-    bad = 0
-    with path.open(encoding="utf-8") as f:
-        for line in f:
+    bad = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
+                value = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
+                bad.append(number)
+                continue
+            yield (number, value) if with_line_numbers else value
     if bad:
-        logger.warning("%s: skipped %d unreadable line(s) (cut short by a killed run?)", path, bad)
+        logger.warning(
+            "%s: skipped %d unreadable line(s), first at line %d (cut short by a killed run?)", path, len(bad), bad[0]
+        )

@@ -39,7 +39,7 @@ from open_r1.configs import (
     parse_int_expression,
 )
 from open_r1.jsonl import read_jsonl, repair_tail
-from open_r1.video import DECODERS, VideoCache, VideoDecodeError, decode_video, settings_key
+from open_r1.video import DECODERS, VideoCache, VideoDecodeError, decode_video, settings_key, video_id_problem
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,14 @@ _MP_CONTEXT = multiprocessing.get_context("fork")
 
 def video_ids_from_sources(sources: list[str]) -> list[str]:
     """Unique video ids (first-seen order) of bundled dataset names / ``name:split`` / annotation file paths."""
+    return list(video_durations_from_sources(sources))
+
+
+def video_durations_from_sources(sources: list[str]) -> dict[str, float | None]:
+    """Video id -> the longest duration the annotations give it (first-seen order), None when they give none."""
     from open_r1.data import DATASETS, load_annotations, split_path
 
-    ids: dict[str, None] = {}
+    ids: dict[str, float | None] = {}
     for source in sources:
         if Path(source).is_file():
             paths = [Path(source)]
@@ -70,14 +75,62 @@ def video_ids_from_sources(sources: list[str]) -> list[str]:
             paths = [split_path(name, one) for one in splits]
         for path in paths:
             for row in load_annotations(path):
-                ids.setdefault(row["video_id"], None)
-    return list(ids)
+                duration = row.get("duration")
+                duration = float(duration) if duration is not None else None
+                previous = ids.get(row["video_id"])
+                if row["video_id"] not in ids or previous is None:
+                    ids[row["video_id"]] = duration
+                elif duration is not None:
+                    ids[row["video_id"]] = max(previous, duration)
+    return ids
 
 
 def video_ids_in_folder(video_dir) -> list[str]:
+    """Stems of the video files in ``video_dir``; hidden files (``.x.mp4``, macOS ``._x.mp4``) are skipped."""
     from open_r1.data import VIDEO_EXTENSIONS
 
-    return sorted(path.stem for path in Path(video_dir).iterdir() if path.suffix.lower() in VIDEO_EXTENSIONS)
+    names = [path for path in Path(video_dir).iterdir() if path.suffix.lower() in VIDEO_EXTENSIONS]
+    hidden = [path.name for path in names if path.name.startswith(".")]
+    if hidden:
+        logger.info("skipping %d hidden file(s) in %s (e.g. %s)", len(hidden), video_dir, hidden[0])
+    return sorted(path.stem for path in names if not path.name.startswith("."))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Resources
+
+
+# Peak RSS of one decoding worker at the paper's settings, 1080p sources, after chunked resizing (measured: see the
+# README); used only to size the default worker count.
+WORKER_MEMORY_BYTES = 1536 * 2**20
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux ``MemAvailable``), None when unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def default_num_workers(cpus: int | None = None, memory: int | None = None) -> int:
+    """At most 8 workers, one per core, and no more than the available memory holds at :data:`WORKER_MEMORY_BYTES`."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    memory = memory if memory is not None else available_memory()
+    by_memory = memory // WORKER_MEMORY_BYTES if memory is not None else 8
+    return max(1, min(8, cpus, by_memory))
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -92,8 +145,8 @@ def read_manifest(output_dir) -> dict[str, dict]:
     """Latest ``entry`` or ``failure`` record per video id (a torn last line from a killed run is ignored)."""
     latest: dict[str, dict] = {}
     for record in read_jsonl(Path(output_dir) / MANIFEST_NAME):
-        if record.get("type") in ("entry", "failure"):
-            latest[record["video_id"]] = record
+        if isinstance(record, dict) and record.get("type") in ("entry", "failure") and "video_id" in record:
+            latest[str(record["video_id"])] = record
     return latest
 
 
@@ -132,6 +185,33 @@ class _Task:
     video_id: str
     source: str | None
     redo_reason: str = ""
+    expected_duration: float | None = None  # from the annotations
+
+
+@dataclass(frozen=True)
+class DurationPolicy:
+    """How much shorter than its annotation (or its container's claim) a decoded video may be.
+
+    A truncated file that still decodes gives a shorter clip; its ground-truth windows may then lie past its last
+    frame. A shortfall over ``max(tolerance_seconds, tolerance_fraction x expected)`` is a failure unless
+    ``accept_short``; every shortfall is recorded in the manifest.
+    """
+
+    tolerance_seconds: float = 1.0
+    tolerance_fraction: float = 0.05
+    accept_short: bool = False
+
+    def shortfall(self, decoded: float, expected: float | None, claimed: float | None) -> tuple[str, float] | None:
+        """``(what said it, by how many seconds)`` for the larger reference the clip falls short of beyond the
+        tolerance, else None."""
+        worst = None
+        for name, reference in (("annotation", expected), ("container", claimed)):
+            if reference and reference > 0:
+                missing = reference - decoded
+                if missing > max(self.tolerance_seconds, self.tolerance_fraction * reference):
+                    if worst is None or missing > worst[1]:
+                        worst = (f"the {name} says {reference:.2f} s", missing)
+        return worst
 
 
 @dataclass
@@ -141,6 +221,10 @@ class PreprocessSummary:
     failed: int = 0
     missing: int = 0  # failures because the video file does not exist
     redone: int = 0
+    invalid_ids: int = 0  # failures because the id cannot name a file
+    short: int = 0  # decoded shorter than annotation/container beyond the tolerance (failed unless accepted)
+    variable_frame_rate: int = 0
+    peak_worker_rss_mb: float = 0.0
     bytes_written: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -152,20 +236,54 @@ class PreprocessSummary:
     def describe(self) -> str:
         return (
             f"done {self.done} (redone {self.redone}), skipped {self.skipped} (already cached), "
-            f"failed {self.failed} ({self.missing} missing files); "
+            f"failed {self.failed} ({self.missing} missing files, {self.invalid_ids} invalid ids); "
+            f"{self.short} shorter than their annotation/container, {self.variable_frame_rate} variable-frame-rate; "
             f"{self.bytes_written / 2**20:.1f} MiB written in {self.seconds:.1f} s "
-            f"({self.videos_per_second:.2f} videos/s)"
+            f"({self.videos_per_second:.2f} videos/s); peak memory per worker {self.peak_worker_rss_mb:.0f} MiB"
         )
 
 
-def _worker_init():
+def _exit_with_parent(parent_pid: int) -> None:
+    """Make this worker end when the process that started it dies (even by kill -9), instead of idling on."""
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:  # the kernel sends SIGKILL when the parent exits
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch():  # portable fallback: once re-parented, the parent is gone
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _worker_init(parent_pid: int | None = None):
     import torch
 
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     # Parallelism comes from the processes; threads inside each would only fight over the cores.
     torch.set_num_threads(1)
 
 
-def _process(task: _Task, output_dir: str, settings: VideoSettings, decoder: str, num_threads: int) -> dict:
+def _process(
+    task: _Task,
+    output_dir: str,
+    settings: VideoSettings,
+    decoder: str,
+    num_threads: int,
+    policy: DurationPolicy = DurationPolicy(),  # noqa: B008 (frozen dataclass)
+) -> dict:
     """Decode one video and write its entry. Runs in a worker; returns a manifest record, never raises."""
     started = time.perf_counter()
     cache = VideoCache(output_dir)
@@ -176,21 +294,44 @@ def _process(task: _Task, output_dir: str, settings: VideoSettings, decoder: str
             "source": None,
             "reason": "video file not found in --video_dir",
         }
+    timing: dict = {}
     try:
         clip = decode_video(task.source, settings, decoder=decoder, num_threads=num_threads)
+        timing = {
+            "expected_duration": task.expected_duration,
+            "container_duration": round(clip.container_duration, 4) or None,
+            "timestamp_max_offset": round(clip.timestamp_max_offset, 4),
+            "variable_frame_rate": clip.variable_frame_rate,
+        }
+        short = policy.shortfall(clip.duration, task.expected_duration, clip.container_duration)
+        if short is not None:
+            timing["duration_shortfall"] = round(short[1], 3)
+            if not policy.accept_short:
+                raise VideoDecodeError(
+                    f"decoded {clip.duration:.2f} s but {short[0]}: the file looks truncated (frames after "
+                    f"{clip.duration:.2f} s are missing); --accept_short_videos caches it anyway"
+                )
         cache.save(task.video_id, clip, settings)
         extra = {"redone_because": task.redo_reason} if task.redo_reason else {}
-        return _entry_record(task.video_id, cache, task.source, time.perf_counter() - started, **extra)
+        return _entry_record(
+            task.video_id, cache, task.source, time.perf_counter() - started, **timing, **extra,
+            peak_rss_mb=round(peak_rss_bytes() / 2**20, 1),
+        )  # fmt: skip
     except VideoDecodeError as error:
         reason = str(error)
     except Exception as error:  # a bug or an unexpected decoder error must not stop the whole run
         reason = f"{type(error).__name__}: {error}"
-    return {"type": "failure", "video_id": task.video_id, "source": task.source, "reason": reason}
+    return {
+        "type": "failure", "video_id": task.video_id, "source": task.source, "reason": reason, **timing,
+        "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+    }  # fmt: skip
 
 
 def _run_isolated(task: _Task, run_args: tuple) -> dict:
     """Retry a task in its own process so a decoder crash is pinned on the video that caused it."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=_MP_CONTEXT, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=_MP_CONTEXT, initializer=_worker_init, initargs=(os.getpid(),)
+    ) as pool:
         try:
             return pool.submit(_process, task, *run_args).result()
         except BrokenProcessPool:
@@ -206,7 +347,9 @@ def _run_parallel(tasks: list[_Task], run_args: tuple, num_workers: int):
     """Yield one record per task, ``num_workers`` at a time; survives worker crashes."""
     queue = list(reversed(tasks))
     while queue:
-        pool = ProcessPoolExecutor(max_workers=num_workers, mp_context=_MP_CONTEXT, initializer=_worker_init)
+        pool = ProcessPoolExecutor(
+            max_workers=num_workers, mp_context=_MP_CONTEXT, initializer=_worker_init, initargs=(os.getpid(),)
+        )
         running: dict = {}
         crashed: list[_Task] = []
         try:
@@ -240,11 +383,17 @@ def preprocess_videos(
     decoder: str = "decord",
     num_workers: int = 1,
     progress: bool = True,
+    durations: dict[str, float | None] | None = None,
+    policy: DurationPolicy = DurationPolicy(),  # noqa: B008 (frozen dataclass)
+    verify_existing: bool = True,
 ) -> PreprocessSummary:
     """Fill the cache in ``output_dir`` for ``videos`` (video id -> file, None when the file is missing).
 
-    Complete entries made with ``settings`` are skipped; damaged or mismatched ones are redone. Every entry and
-    every failure is appended to ``manifest.jsonl``.
+    Complete entries made with ``settings`` are skipped (their frames' checksum is verified first unless
+    ``verify_existing`` is false); damaged or mismatched ones are redone. ``durations`` (video id -> seconds from the
+    annotations) and the container's own duration are compared with the decoded length under ``policy``. An id that
+    cannot name a file (:func:`open_r1.video.video_id_problem`) is one failure; the others are processed. Every
+    entry and every failure is appended to ``manifest.jsonl``.
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
@@ -260,8 +409,18 @@ def preprocess_videos(
     summary = PreprocessSummary()
     tasks: list[_Task] = []
     recovered: list[dict] = []
-    for video_id, source in videos.items():
+    invalid: list[dict] = []
+    durations = durations or {}
+    for video_id in tqdm(videos, desc="checking cache", unit="video", disable=not progress or not verify_existing):
+        source = videos[video_id]
+        id_problem = video_id_problem(video_id)
+        if id_problem is not None:
+            invalid.append({"type": "failure", "video_id": str(video_id), "source": None,
+                            "reason": f"invalid video id: {id_problem}"})  # fmt: skip
+            continue
         problem = cache.problem(video_id, settings)
+        if problem is None and verify_existing:
+            problem = cache.verify_entry(video_id, settings)
         if problem is None:
             summary.skipped += 1
             if manifest.get(video_id, {}).get("type") != "entry":
@@ -269,7 +428,7 @@ def preprocess_videos(
                 recovered.append(_entry_record(video_id, cache, source, 0.0, recovered=True))
             continue
         redo = "" if problem == "no cache entry" else problem
-        tasks.append(_Task(video_id, str(source) if source is not None else None, redo))
+        tasks.append(_Task(video_id, str(source) if source is not None else None, redo, durations.get(video_id)))
 
     missing = [task.video_id for task in tasks if task.source is None]
     if missing:
@@ -291,7 +450,7 @@ def preprocess_videos(
         settings_key(settings),
     )
     # One decoding thread per worker when several run side by side; decord's own default when alone.
-    run_args = (str(output_dir), settings, decoder, 1 if num_workers > 1 else 0)
+    run_args = (str(output_dir), settings, decoder, 1 if num_workers > 1 else 0, policy)
     manifest_path = output_dir / MANIFEST_NAME
     repair_tail(manifest_path)  # a line a killed run left half-written
     with open(manifest_path, "a") as manifest_file:
@@ -302,11 +461,27 @@ def preprocess_videos(
 
         for record in recovered:
             log(record)
+        for record in invalid:
+            record["time"] = _now()
+            summary.failed += 1
+            summary.invalid_ids += 1
+            summary.failures.append((record["video_id"], record["reason"]))
+            logger.warning("failed %r: %s", record["video_id"][:80], record["reason"])
+            log(record)
         if num_workers > 1 and len(tasks) > 1:
             results = _run_parallel(tasks, run_args, num_workers)
         else:
             results = (_process(task, *run_args) for task in tasks)
         for record in tqdm(results, total=len(tasks), desc="videos", unit="video", disable=not progress):
+            summary.peak_worker_rss_mb = max(summary.peak_worker_rss_mb, record.get("peak_rss_mb") or 0.0)
+            summary.short += "duration_shortfall" in record
+            if record.get("variable_frame_rate"):
+                summary.variable_frame_rate += 1
+                logger.warning(
+                    "%s has a variable frame rate: frames are up to %.2f s from the constant-rate times that sampling "
+                    "assumes (as qwen-vl-utils does); re-encode it at a constant rate for exact timing",
+                    record["video_id"], record["timestamp_max_offset"],
+                )  # fmt: skip
             if record["type"] == "failure":
                 record["time"] = _now()
                 summary.failed += 1
@@ -337,6 +512,10 @@ def preprocess_videos(
                 "decoder": decoder,
                 "num_workers": num_workers,
                 "settings": settings_key(settings),
+                "invalid_ids": summary.invalid_ids,
+                "short": summary.short,
+                "variable_frame_rate": summary.variable_frame_rate,
+                "peak_worker_rss_mb": summary.peak_worker_rss_mb,
             }
         )
     return summary
@@ -359,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         "None: every video file in --video_dir.",
     )
     parser.add_argument(
-        "--video_dir", required=True, help="Folder holding the raw videos (<video_id>.mp4, .webm, ...)."
+        "--video_dir", default=None, help="Folder holding the raw videos (<video_id>.mp4, .webm, ...)."
     )
     parser.add_argument("--output_dir", required=True, help="Cache folder: <video_id>.safetensors + manifest.jsonl.")
     # The same flag names (and product syntax) as training and evaluation; the short names stay as aliases.
@@ -388,7 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Upper bound on sampled frames.",
     )
     parser.add_argument(
-        "--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="Decoding processes (1: in this process)."
+        "--num_workers",
+        type=int,
+        default=None,
+        help="Decoding processes (1: in this process). Default: one per core, at most 8, and no more than the "
+        f"available memory holds at {WORKER_MEMORY_BYTES / 2**30:.1f} GiB each.",
     )
     parser.add_argument(
         "--decoder",
@@ -399,12 +582,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max_failures", type=int, default=0, help="Failures tolerated before the exit status becomes non-zero."
     )
+    parser.add_argument(
+        "--accept_short_videos",
+        action="store_true",
+        help="Cache videos that decode shorter than their annotation or container says (truncated files); the "
+        "shortfall is still recorded in the manifest.",
+    )
+    parser.add_argument(
+        "--duration_tolerance",
+        type=float,
+        default=DurationPolicy.tolerance_seconds,
+        help="Seconds a decoded video may fall short of its annotated/container duration (or 5%% of it, if more).",
+    )
+    parser.add_argument(
+        "--no_verify_existing",
+        action="store_true",
+        help="On resume, trust existing entries without reading their frames against the checksum.",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="Only check the cache: every entry's header and frame checksum (no decoding); exit 1 if any is damaged.",
+    )
     parser.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
     return parser
 
 
+def verify_cache(output_dir, video_ids=None, settings: VideoSettings | None = None, progress: bool = True) -> dict:
+    """Read every entry of the cache (or those of ``video_ids``) against its header checks and frame checksum.
+
+    Returns ``{"checked", "damaged": [(id, reason)], "unverified": [ids written without a checksum]}``.
+    """
+    cache = VideoCache(output_dir)
+    if video_ids is None:
+        video_ids = sorted(path.name[: -len(VideoCache.SUFFIX)] for path in Path(output_dir).glob("*.safetensors"))
+    report = {"checked": 0, "damaged": [], "unverified": []}
+    for video_id in tqdm(video_ids, desc="verifying", unit="entry", disable=not progress):
+        report["checked"] += 1
+        problem = video_id_problem(video_id)
+        problem = f"invalid video id: {problem}" if problem else cache.verify_entry(video_id, settings)
+        if problem is not None:
+            report["damaged"].append((video_id, problem))
+        elif "frames_sha256" not in cache.metadata(video_id):
+            report["unverified"].append(video_id)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = VideoSettings(
         fps=args.video_fps,
@@ -414,18 +640,39 @@ def main(argv: list[str] | None = None) -> int:
     )
     from open_r1.data import find_video
 
+    if args.verify:
+        ids = video_ids_from_sources(args.sources) if args.sources else None
+        report = verify_cache(args.output_dir, ids, settings, progress=not args.no_progress)
+        for video_id, reason in report["damaged"]:
+            logger.error("damaged %s: %s", video_id, reason)
+        logger.info(
+            "verified %d entries in %s: %d damaged, %d without a checksum (written before checksums; rerun "
+            "preprocessing after deleting them to add one)",
+            report["checked"], os.path.abspath(args.output_dir), len(report["damaged"]), len(report["unverified"]),
+        )  # fmt: skip
+        return 1 if report["damaged"] else 0
+    if args.video_dir is None:
+        parser.error("--video_dir is required (except with --verify)")
     if not Path(args.video_dir).is_dir():
-        logger.error("--video_dir %s is not a folder", args.video_dir)
+        logger.error("--video_dir %s is not a folder", os.path.abspath(args.video_dir))
         return 2
-    video_ids = video_ids_from_sources(args.sources) if args.sources else video_ids_in_folder(args.video_dir)
-    videos = {video_id: find_video(args.video_dir, video_id) for video_id in video_ids}
+    durations = video_durations_from_sources(args.sources) if args.sources else None
+    video_ids = list(durations) if durations is not None else video_ids_in_folder(args.video_dir)
+    videos = {
+        video_id: find_video(args.video_dir, video_id) if video_id_problem(video_id) is None else None
+        for video_id in video_ids
+    }
+    num_workers = args.num_workers if args.num_workers is not None else default_num_workers()
     summary = preprocess_videos(
         videos,
         args.output_dir,
         settings,
         decoder=args.decoder,
-        num_workers=max(1, args.num_workers),
+        num_workers=max(1, num_workers),
         progress=not args.no_progress,
+        durations=durations,
+        policy=DurationPolicy(tolerance_seconds=args.duration_tolerance, accept_short=args.accept_short_videos),
+        verify_existing=not args.no_verify_existing,
     )
     logger.info("Summary: %s", summary.describe())
     logger.info("Cache: %s (manifest: %s)", args.output_dir, Path(args.output_dir) / MANIFEST_NAME)

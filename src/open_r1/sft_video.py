@@ -35,6 +35,9 @@ class SFTScriptArguments(VideoDataArguments):
     freeze_vision_tower: bool = field(
         default=True, metadata={"help": "Train only the language model (false: the vision encoder too)."}
     )
+    answer_decimals: int = field(
+        default=2, metadata={"help": "Digits after the point in the target spans (the question asks for 2)."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N queries only."})
 
     def __post_init__(self):
@@ -56,7 +59,9 @@ def build_dataset(rows: list[dict], script_args: SFTScriptArguments):
                 "prompt": build_conversation(row["query"], think=think, video_first=script_args.video_first),
                 "video_id": row["video_id"],
                 # The first window is the target (a query with several windows is a QVHighlights-style exception).
-                "answer": build_answer(*map(float, row["windows"][0]), think=think),
+                "answer": build_answer(
+                    *map(float, row["windows"][0]), think=think, decimals=script_args.answer_decimals
+                ),
             }
             for row in rows
         ]
@@ -125,7 +130,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         raise ValueError("give --model_name_or_path")
     rows = load_rows(script_args)
     source = video_source(script_args)
-    check_videos(rows, source)
+    rows = check_videos(rows, source)
     checkpoint = resolve_checkpoint(training_args)
     # The collator reads the prompt, video id and answer columns; the dataset is encoded on the fly.
     training_args.remove_unused_columns = False

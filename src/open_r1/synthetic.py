@@ -29,7 +29,9 @@ BACKGROUND = (24, 24, 32)
 _CONTAINER_FOR_CODEC = {"libvpx-vp9": "webm", "libvpx": "webm"}
 
 
-def write_video(path, frames: np.ndarray, fps: float, codec: str = "libx264") -> Path:
+def write_video(
+    path, frames: np.ndarray, fps: float, codec: str = "libx264", timestamps: list[float] | None = None
+) -> Path:
     """Encode ``frames`` (uint8, ``(T, H, W, 3)`` RGB) to a video file with PyAV.
 
     Args:
@@ -38,6 +40,7 @@ def write_video(path, frames: np.ndarray, fps: float, codec: str = "libx264") ->
             libx264 and libvpx-vp9 accept that, mpeg4 does not).
         fps: frame rate; fractional rates such as 29.97 are stored as a rational (30000/1001).
         codec: an encoder in PyAV's bundled ffmpeg, e.g. ``"libx264"``, ``"mpeg4"``, ``"libvpx-vp9"``.
+        timestamps: presentation time of each frame in seconds (a variable-frame-rate file); None: ``i / fps``.
 
     Returns:
         The path written.
@@ -53,15 +56,22 @@ def write_video(path, frames: np.ndarray, fps: float, codec: str = "libx264") ->
     # 4:2:0 chroma (what real footage uses) needs even sizes; 4:4:4 keeps odd sizes exact.
     pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
     rate = _frame_rate(fps)
+    if timestamps is not None and len(timestamps) != len(frames):
+        raise ValueError(f"{len(timestamps)} timestamps for {len(frames)} frames")
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if timestamps is not None:
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
         if codec == "libx264":
             stream.options = {"crf": "12", "preset": "veryfast"}
         elif codec.startswith("libvpx"):
             stream.options = {"crf": "20", "b": "0", "deadline": "realtime", "cpu-used": "8"}
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if timestamps is not None:
+                frame.pts, frame.time_base = round(timestamps[index] * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

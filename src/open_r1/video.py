@@ -18,6 +18,8 @@ back to decoding the raw file, with identical results.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import math
@@ -45,12 +47,87 @@ MAX_ASPECT_RATIO = 200
 DECODERS = ("decord", "pyav")
 CACHE_FORMAT_VERSION = "1"
 DEFAULT_SETTINGS = VideoSettings()  # the paper's settings
-# Frames decoded and resized together; bounds memory on long, high-resolution videos.
+# Frames decoded and resized together: at most 32, fewer for large frames so that the float32 working copy of one
+# chunk stays under _CHUNK_BYTES (a 4K frame is ~100 MB as float32; 32 of them were ~3 GB per worker).
 _CHUNK_FRAMES = 32
+_CHUNK_BYTES = 192 * 2**20
+# A frame whose real timestamp is this far (and more than one frame interval) from index / fps marks the file as
+# variable-frame-rate.
+VFR_TOLERANCE_S = 0.1
+
+
+def chunk_frames(height: int, width: int) -> int:
+    """How many source frames of ``height`` x ``width`` are decoded and resized at once."""
+    return max(1, min(_CHUNK_FRAMES, _CHUNK_BYTES // max(1, height * width * 3 * 4)))
 
 
 class VideoDecodeError(RuntimeError):
     """A video could not be turned into frames; the message says why."""
+
+
+class InvalidVideoId(ValueError):
+    """A video id that cannot name a file inside the video folder or the cache; the message says why."""
+
+
+# Cache files are "<id>.safetensors" and are written as ".<id>.safetensors.<pid>.tmp" first: 200 bytes of id leave
+# room for both under the usual 255-byte file name limit.
+MAX_VIDEO_ID_BYTES = 200
+
+
+def video_id_problem(video_id) -> str | None:
+    """Why ``video_id`` cannot name a video file inside its folder (or a cache entry), or None when it can.
+
+    The one rule for preprocessing, training and evaluation: an id is a plain file name, so ``folder / id`` stays
+    inside the folder. Refused: empty ids, path separators (``../x``, ``/abs/path``), names starting with ``.``
+    (``..``, hidden files, macOS ``._x`` AppleDouble files), control characters, and ids over
+    :data:`MAX_VIDEO_ID_BYTES` bytes.
+    """
+    if not isinstance(video_id, str):
+        return f"is a {type(video_id).__name__}, not a string"
+    if not video_id:
+        return "is empty"
+    if any(sep in video_id for sep in ("/", "\\", os.sep, os.altsep or "/")):
+        return "contains a path separator (an id names a file inside the video folder)"
+    if video_id.startswith("."):
+        return "starts with '.' (hidden files, '..' and macOS '._' files are not videos)"
+    if any(ord(char) < 32 or ord(char) == 127 for char in video_id):
+        return "contains control characters"
+    size = len(video_id.encode("utf-8", "surrogatepass"))
+    if size > MAX_VIDEO_ID_BYTES:
+        return f"is {size} bytes long (at most {MAX_VIDEO_ID_BYTES}: it must fit a file name)"
+    return None
+
+
+def check_video_id(video_id) -> str:
+    """``video_id`` itself, or :class:`InvalidVideoId` saying why it cannot name a file."""
+    problem = video_id_problem(video_id)
+    if problem is not None:
+        shown = repr(video_id) if len(repr(video_id)) <= 80 else repr(video_id)[:77] + "..."
+        raise InvalidVideoId(f"video id {shown} {problem}")
+    return video_id
+
+
+def file_problem(path) -> str | None:
+    """Why ``path`` is not a readable video file (absolute path in the message), or None when it is a non-empty file.
+
+    Tells a missing file from a broken symlink, a symlink loop, a folder and an empty file.
+    """
+    path = Path(path)
+    shown = os.path.abspath(path)
+    if path.is_file():
+        return f"file is empty (0 bytes): {shown}" if path.stat().st_size == 0 else None
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return f"symlink loop: {shown}"
+            return f"broken symlink: {shown} -> {os.readlink(path)}"
+    if path.is_dir():
+        return f"is a folder, not a video file: {shown}"
+    if os.path.lexists(path):
+        return f"not a regular file: {shown}"
+    return f"file not found: {shown}"
 
 
 @dataclass
@@ -66,6 +143,14 @@ class VideoClip:
     decoder: str  # "decord" or "pyav" (the one that produced the frames)
     source_num_frames: int = 0
     fallback_reason: str = ""  # why decord was abandoned for PyAV, empty otherwise
+    container_duration: float = 0.0  # seconds the container's metadata claims (0: unknown)
+    # Largest gap (seconds) between a frame's real timestamp and the constant-rate time index / fps that sampling
+    # assumes (qwen-vl-utils does the same); large on variable-frame-rate files.
+    timestamp_max_offset: float = 0.0
+
+    @property
+    def variable_frame_rate(self) -> bool:
+        return self.timestamp_max_offset > max(VFR_TOLERANCE_S, 1.0 / max(self.source_fps, 1e-6))
 
     @property
     def num_frames(self) -> int:
@@ -188,16 +273,27 @@ def _decode_decord(path: Path, settings: VideoSettings, num_threads: int) -> Vid
     height, width = reader[0].shape[:2]
     indices, size = _plan(total_frames, video_fps, height, width, settings)
     chunks = []
+    step = chunk_frames(height, width)
     try:
-        for start in range(0, len(indices), _CHUNK_FRAMES):
-            batch = reader.get_batch(indices[start : start + _CHUNK_FRAMES]).asnumpy()
+        for start in range(0, len(indices), step):
+            batch = reader.get_batch(indices[start : start + step]).asnumpy()
             chunks.append(resize_frames(torch.from_numpy(batch).permute(0, 3, 1, 2), size))
     except Exception as error:
         raise VideoDecodeError(f"decord failed while reading frames: {_short(error)}") from error
     return _decoded_clip(torch.cat(chunks), indices, total_frames, video_fps, (height, width), "decord")
 
 
-def _pyav_stream_info(path: Path):
+@dataclass
+class _StreamInfo:
+    packets: int  # non-empty packets: the frame count the container promises
+    fps: float
+    size: tuple[int, int]
+    container_duration: float  # seconds the metadata claims (0: unknown)
+    timestamps: list[float]  # packet presentation times in seconds, sorted, from the first
+
+
+def _pyav_stream_info(path: Path) -> _StreamInfo:
+    """What the container says about its first video stream; demuxes packets (cheap: nothing is decoded)."""
     import av
 
     with av.open(str(path)) as container:
@@ -206,8 +302,32 @@ def _pyav_stream_info(path: Path):
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         size = (stream.codec_context.height, stream.codec_context.width)
-        packets = sum(1 for packet in container.demux(stream) if packet.size > 0)
-        return packets, float(rate) if rate else 0.0, size
+        if stream.duration and stream.time_base:
+            claimed = float(stream.duration * stream.time_base)
+        else:
+            claimed = container.duration / 1e6 if container.duration else 0.0
+        pts, packets = [], 0
+        for packet in container.demux(stream):
+            if packet.size > 0:
+                packets += 1
+                if packet.pts is not None and stream.time_base:
+                    pts.append(float(packet.pts * stream.time_base))
+        pts.sort()
+        timestamps = [t - pts[0] for t in pts] if len(pts) == packets else []
+        return _StreamInfo(packets, float(rate) if rate else 0.0, size, claimed, timestamps)
+
+
+def timestamp_max_offset(timestamps: list[float], fps: float) -> float:
+    """Largest ``|timestamp_i - i / fps|``: how far constant-rate timing (what qwen-vl-utils assumes) is off."""
+    if not timestamps or fps <= 0:
+        return 0.0
+    return max(abs(t - i / fps) for i, t in enumerate(timestamps))
+
+
+def _add_timing(clip: VideoClip, info: _StreamInfo) -> VideoClip:
+    clip.container_duration = info.container_duration
+    clip.timestamp_max_offset = timestamp_max_offset(info.timestamps, clip.source_fps)
+    return clip
 
 
 def _pyav_frames(path: Path, wanted: list[int], size: tuple[int, int] | None):
@@ -235,7 +355,7 @@ def _pyav_frames(path: Path, wanted: list[int], size: tuple[int, int] | None):
             if count in wanted_set:
                 pending.append(frame.to_ndarray(format="rgb24"))
                 pending_idx.append(count)
-                if len(pending) >= _CHUNK_FRAMES:
+                if len(pending) >= chunk_frames(frame.height, frame.width):
                     flush()
             count += 1
     flush()
@@ -246,7 +366,8 @@ def _decode_pyav(path: Path, settings: VideoSettings) -> VideoClip:
     import av
 
     try:
-        total_frames, video_fps, (height, width) = _pyav_stream_info(path)
+        info = _pyav_stream_info(path)
+        total_frames, video_fps, (height, width) = info.packets, info.fps, info.size
         if total_frames == 0:
             raise VideoDecodeError("video has no frames")
         # The packet count is what the container promises; the decoded count is the truth. Plan with the first and
@@ -263,9 +384,10 @@ def _decode_pyav(path: Path, settings: VideoSettings) -> VideoClip:
         raise
     except (av.FFmpegError, OSError, ValueError) as error:
         raise VideoDecodeError(f"PyAV cannot decode the file: {_short(error)}") from error
-    return _decoded_clip(
+    clip = _decoded_clip(
         torch.stack([kept[i] for i in indices]), indices, total_frames, video_fps, (height, width), "pyav"
     )
+    return _add_timing(clip, info)
 
 
 def _short(error: BaseException, limit: int = 300) -> str:
@@ -291,14 +413,13 @@ def decode_video(
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
     path = Path(path)
-    if not path.is_file():
-        raise VideoDecodeError(f"file not found: {path}")
-    if path.stat().st_size == 0:
-        raise VideoDecodeError(f"file is empty (0 bytes): {path}")
+    problem = file_problem(path)
+    if problem is not None:
+        raise VideoDecodeError(problem)
     if decoder == "pyav":
         return _decode_pyav(path, settings)
     try:
-        return _decode_decord(path, settings, num_threads)
+        clip = _decode_decord(path, settings, num_threads)
     except VideoDecodeError as decord_error:
         try:
             clip = _decode_pyav(path, settings)
@@ -307,6 +428,33 @@ def decode_video(
         logger.info("decord failed on %s (%s); decoded with PyAV", path, decord_error)
         clip.fallback_reason = str(decord_error)
         return clip
+    try:  # the container's claimed duration and the frames' real timestamps, which decord does not expose
+        _add_timing(clip, _pyav_stream_info(path))
+    except Exception as error:  # PyAV reading what decord read is not required; the clip stays usable
+        logger.debug("no container timing for %s: %s", path, error)
+    return clip
+
+
+def probe_video(path) -> float | None:
+    """Open ``path`` with PyAV and decode its first frame: cheap (no full decode), catches missing, empty, corrupt and
+    stream-less files. Returns the container's claimed duration in seconds (None when it claims none)."""
+    import av
+
+    problem = file_problem(path)
+    if problem is not None:
+        raise VideoDecodeError(problem)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"file has no video stream: {os.path.abspath(path)}")
+            stream = container.streams.video[0]
+            if next(container.decode(stream), None) is None:
+                raise VideoDecodeError(f"no frame decodes: {os.path.abspath(path)}")
+            if stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+            return container.duration / 1e6 if container.duration else None
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise VideoDecodeError(f"cannot decode {os.path.abspath(path)}: {_short(error)}") from error
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -337,13 +485,13 @@ class VideoCache:
 
     SUFFIX = ".safetensors"
 
-    def __init__(self, root):
+    def __init__(self, root, verify: bool = False):
         self.root = Path(root)
+        self.verify = verify
 
     def path(self, video_id: str) -> Path:
-        if not video_id or "/" in video_id or os.sep in video_id or video_id.startswith("."):
-            raise ValueError(f"video id {video_id!r} cannot name a cache file")
-        return self.root / f"{video_id}{self.SUFFIX}"
+        """The entry's file; :class:`InvalidVideoId` (a ValueError) for an id that cannot name one."""
+        return self.root / f"{check_video_id(video_id)}{self.SUFFIX}"
 
     def has(self, video_id: str, settings: VideoSettings | None = None) -> bool:
         """Whether a complete entry exists (and, given ``settings``, was made with them)."""
@@ -384,12 +532,23 @@ class VideoCache:
             raise CacheEntryError(
                 f"entry has cache format {meta.get('format_version')}, expected {CACHE_FORMAT_VERSION}"
             )
-        if settings is not None and json.loads(meta.get("settings", "{}")) != settings_key(settings):
+        try:
+            stored = json.loads(meta.get("settings", "{}"))
+        except ValueError as error:
+            raise CacheEntryError("entry header has unreadable settings") from error
+        if settings is not None and stored != settings_key(settings):
             raise CacheEntryError(f"entry was made with other settings: {meta.get('settings')}")
+        problem = header_problem(info, meta, settings)
+        if problem is not None:
+            raise CacheEntryError(f"entry header is inconsistent: {problem}")
         return meta
 
-    def load(self, video_id: str, settings: VideoSettings | None = None) -> VideoClip:
-        """Read an entry (memory-mapped). Raises :class:`CacheEntryError` if it is absent, damaged or mismatched."""
+    def load(self, video_id: str, settings: VideoSettings | None = None, verify: bool | None = None) -> VideoClip:
+        """Read an entry (memory-mapped). Raises :class:`CacheEntryError` if it is absent, damaged or mismatched.
+
+        The header is always validated (:func:`header_problem`); the frames' checksum only with ``verify`` (default:
+        the cache's ``verify``), which reads every byte (~17 ms per entry at the paper's settings on one core).
+        """
         from safetensors import SafetensorError, safe_open
 
         self._read_header(video_id, settings)
@@ -399,7 +558,23 @@ class VideoCache:
                 frames = handle.get_tensor("frames")
         except (SafetensorError, OSError) as error:
             raise CacheEntryError(f"entry is unreadable: {_short(error)}") from error
+        if self.verify if verify is None else verify:
+            problem = checksum_problem(frames, meta)
+            if problem is not None:
+                raise CacheEntryError(problem)
         return clip_from_metadata(frames, meta)
+
+    def metadata(self, video_id: str) -> dict[str, str]:
+        """The entry's header metadata (raises :class:`CacheEntryError` like :meth:`load`)."""
+        return self._read_header(video_id, None)
+
+    def verify_entry(self, video_id: str, settings: VideoSettings | None = None) -> str | None:
+        """Why the entry is not usable, reading and checksumming its frames; None when it is intact."""
+        try:
+            self.load(video_id, settings, verify=True)
+        except CacheEntryError as error:
+            return str(error)
+        return None
 
     def save(self, video_id: str, clip: VideoClip, settings: VideoSettings) -> int:
         """Write an entry atomically (temporary file, then rename) and return its size in bytes."""
@@ -432,7 +607,83 @@ def clip_metadata(video_id: str, clip: VideoClip, settings: VideoSettings) -> di
         "decoder": clip.decoder,
         "fallback_reason": clip.fallback_reason,
         "settings": json.dumps(settings_key(settings), sort_keys=True),
+        "container_duration": repr(float(clip.container_duration)),
+        "timestamp_max_offset": repr(float(clip.timestamp_max_offset)),
+        "frames_sha256": frames_sha256(clip.frames),
     }
+
+
+def frames_sha256(frames: torch.Tensor) -> str:
+    """SHA-256 of the frame bytes as stored (uint8, C order)."""
+    return hashlib.sha256(frames.contiguous().numpy().tobytes()).hexdigest()
+
+
+def checksum_problem(frames: torch.Tensor, meta: dict[str, str]) -> str | None:
+    """Why the frames do not match the checksum in their header (None when they do, or for entries written before
+    checksums existed, which :func:`open_r1.preprocess.verify_cache` reports as unverified)."""
+    expected = meta.get("frames_sha256")
+    if expected and frames_sha256(frames) != expected:
+        return "entry frames do not match their checksum (the file was damaged after it was written)"
+    return None
+
+
+def _positive_finite(meta: dict[str, str], key: str) -> float:
+    try:
+        value = float(meta[key])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{key} is missing or not a number") from error
+    if not math.isfinite(value) or value <= 0 or value < 1e-6 or value > 1e7:
+        raise ValueError(f"{key} = {meta[key]} is not a positive, finite, plausible number")
+    return value
+
+
+def header_problem(info: dict, meta: dict[str, str], settings: VideoSettings | None = None) -> str | None:
+    """Why a cache header cannot describe usable frames, or None. Cheap (no frame data is read).
+
+    Checks: uint8 frames of shape (T, 3, H, W) with T even and >= 2; finite positive sample_fps, duration and
+    source_fps; T frame indices, increasing, inside the source's frame count; sample_fps = T / source frames x
+    source fps (how it is computed); H and W multiples of 28; and, given the settings, exactly the frame count and
+    size that those settings give for the recorded source.
+    """
+    try:
+        if info.get("dtype") != "U8":
+            return f"frames are {info.get('dtype')}, not uint8"
+        shape = [int(x) for x in info["shape"]]
+        if len(shape) != 4 or shape[1] != 3:
+            return f"frames have shape {shape}, not (T, 3, H, W)"
+        num_frames, _, height, width = shape
+        if num_frames < FRAME_FACTOR or num_frames % FRAME_FACTOR:
+            return f"{num_frames} frames (needs an even count >= {FRAME_FACTOR})"
+        begin, end = (int(x) for x in info["data_offsets"])
+        if end - begin != num_frames * 3 * height * width:
+            return f"frame data is {end - begin} bytes for shape {shape}"
+        sample_fps = _positive_finite(meta, "sample_fps")
+        _positive_finite(meta, "duration")
+        source_fps = _positive_finite(meta, "source_fps")
+        source_frames = int(meta["source_num_frames"])
+        indices = json.loads(meta["frame_indices"])
+        if not isinstance(indices, list) or len(indices) != num_frames:
+            return f"{len(indices) if isinstance(indices, list) else 'no'} frame indices for {num_frames} frames"
+        if any(not isinstance(i, int) for i in indices) or indices != sorted(set(indices)):
+            return "frame indices are not increasing integers"
+        if indices[0] < 0 or indices[-1] >= source_frames:
+            return f"frame indices leave the source's {source_frames} frames"
+        if not math.isclose(sample_fps, num_frames / source_frames * source_fps, rel_tol=1e-6):
+            return f"sample_fps {sample_fps} is not {num_frames} / {source_frames} x {source_fps}"
+        if height % IMAGE_FACTOR or width % IMAGE_FACTOR:
+            return f"frame size {height}x{width} is not a multiple of {IMAGE_FACTOR}"
+        if settings is not None:
+            expected_frames = num_sampled_frames(source_frames, source_fps, settings)
+            source_size = (int(meta["source_height"]), int(meta["source_width"]))
+            expected_size = resized_frame_size(*source_size, expected_frames, settings)
+            if (num_frames, height, width) != (expected_frames, *expected_size):
+                return (
+                    f"{num_frames} frames of {height}x{width}, but these settings give {expected_frames} of "
+                    f"{expected_size[0]}x{expected_size[1]} for the recorded source"
+                )
+    except (KeyError, TypeError, ValueError, VideoDecodeError) as error:
+        return _short(error)
+    return None
 
 
 def clip_from_metadata(frames: torch.Tensor, meta: dict[str, str]) -> VideoClip:
@@ -446,6 +697,8 @@ def clip_from_metadata(frames: torch.Tensor, meta: dict[str, str]) -> VideoClip:
         decoder=meta["decoder"],
         source_num_frames=int(meta["source_num_frames"]),
         fallback_reason=meta.get("fallback_reason", ""),
+        container_duration=float(meta.get("container_duration", 0.0)),
+        timestamp_max_offset=float(meta.get("timestamp_max_offset", 0.0)),
     )
 
 
@@ -473,6 +726,9 @@ class VideoSource:
 
     def get(self, video_id: str) -> VideoClip:
         """The clip for ``video_id``. Raises :class:`VideoDecodeError` when neither cache nor file can provide it."""
+        problem = video_id_problem(video_id)
+        if problem is not None:
+            raise VideoDecodeError(f"video id {video_id!r:.80} {problem}")
         cache_problem = "no cache folder given"
         if self.cache is not None:
             try:
@@ -485,30 +741,57 @@ class VideoSource:
                     self._warned_about_cache = True
         path = self.video_path(video_id)
         if path is None:
-            where = f" in {self.video_dir}" if self.video_dir is not None else ""
+            where = f" in {self.video_dir.resolve()}" if self.video_dir is not None else ""
             raise VideoDecodeError(f"{video_id}: {cache_problem}, and no video file{where}")
         return decode_video(path, self.settings, decoder=self.decoder)
 
     def missing(self, video_ids) -> list[str]:
-        """The ids (in order, without repeats) that neither the cache nor the video folder can provide."""
+        """The ids (in order, without repeats) that neither the cache nor the video folder can provide (invalid ids,
+        damaged cache entries without a video file, broken symlinks and empty files included)."""
         missing, seen = [], set()
         for video_id in video_ids:
             if video_id in seen:
                 continue
             seen.add(video_id)
-            if self.cache is not None and self.cache.has(video_id, self.settings):
-                continue
-            if self.video_path(video_id) is not None:
-                continue
-            missing.append(video_id)
+            if self.unavailable(video_id) is not None:
+                missing.append(video_id)
         return missing
+
+    def known_duration(self, video_id: str) -> float | None:
+        """Seconds of frames the clip will have, without decoding: the cache header's duration, else (raw file) the
+        container's claim after a cheap probe (:func:`probe_video`, which raises :class:`VideoDecodeError` for a file
+        that cannot be opened or decoded). None when unknown."""
+        if self.cache is not None and self.cache.problem(video_id, self.settings) is None:
+            return float(self.cache.metadata(video_id)["duration"])
+        path = self.video_path(video_id)
+        return probe_video(path) if path is not None else None
+
+    def unavailable(self, video_id) -> str | None:
+        """Why ``video_id`` cannot be provided (without decoding anything), or None when it can."""
+        problem = video_id_problem(video_id)
+        if problem is not None:
+            return f"invalid id: {problem}"
+        cache_problem = None
+        if self.cache is not None:
+            cache_problem = self.cache.problem(video_id, self.settings)
+            if cache_problem is None:
+                return None
+        path = self.video_path(video_id)
+        if path is not None:
+            file_issue = file_problem(path)
+            if file_issue is None:
+                return None
+            return file_issue
+        return cache_problem or "no video file"
 
 
 def describe_missing(source: VideoSource, video_ids, shown: int = 5) -> str | None:
     """None when ``source`` can provide every video; else how many are missing (videos and queries), the first ids,
-    where they were looked for (absolute paths), and whether the cache holds them at other video settings."""
+    where they were looked for (absolute paths), and the reasons that are not plain absence: invalid ids, damaged
+    cache entries, broken symlinks, entries cached at other video settings."""
     video_ids = list(video_ids)
-    missing = source.missing(video_ids)
+    reasons = {video_id: source.unavailable(video_id) for video_id in dict.fromkeys(video_ids)}
+    missing = [video_id for video_id, reason in reasons.items() if reason is not None]
     if not missing:
         return None
     missing_set = set(missing)
@@ -519,18 +802,24 @@ def describe_missing(source: VideoSource, video_ids, shown: int = 5) -> str | No
     if source.video_dir is not None:
         where.append(f"video folder {source.video_dir.resolve()}")
     message = (
-        f"{len(missing)} of {len(set(video_ids))} videos ({num_rows} of {len(video_ids)} queries) are in neither "
-        f"{' nor '.join(where)}; first missing: {', '.join(missing[:shown])}."
+        f"{len(missing)} of {len(reasons)} videos ({num_rows} of {len(video_ids)} queries) are not available from "
+        f"{' or '.join(where)}; first missing: {', '.join(str(m)[:80] or repr(m) for m in missing[:shown])}."
     )
-    if source.cache is not None:
-        other = [
-            problem.split(": ", 1)[1]
-            for problem in (source.cache.problem(video_id, source.settings) for video_id in missing)
-            if problem and problem.startswith("entry was made with other settings")
-        ]
-        if other:
+    other_settings = "entry was made with other settings: "
+    kinds: dict[str, list[str]] = {}
+    for video_id in missing:
+        reason = reasons[video_id]
+        if reason in ("no cache entry", "no video file"):
+            continue
+        kind = "cached at other settings" if reason.startswith(other_settings) else reason.split(":")[0]
+        kinds.setdefault(kind, []).append(video_id)
+    for kind, ids in kinds.items():
+        if kind == "cached at other settings":
+            stored = reasons[ids[0]][len(other_settings) :]
             message += (
-                f" {len(other)} of them are cached at other settings ({other[0]}; this run asks for "
+                f" {len(ids)} of them are cached at other settings ({stored}; this run asks for "
                 f"{json.dumps(settings_key(source.settings))}): pass the video flags the cache was built with."
             )
+        else:
+            message += f" {kind}: {len(ids)} (e.g. {ids[0]!r:.80}: {reasons[ids[0]]})."
     return message

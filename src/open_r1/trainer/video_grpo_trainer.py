@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -122,6 +125,12 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.position_layout = position_layout
         self.shared_work = shared_work
         self.video_loader = video_loader
+        # A reward that returns NaN or inf would be counted as 0 (TRL reads NaN as "no reward") or poison the
+        # advantages: stop with the reward's name and the row instead.
+        self.reward_funcs = [
+            func if isinstance(func, torch.nn.Module) else checked_reward(func, name)
+            for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True)
+        ]
 
         # Vision placeholders are never part of an answer; a sampled `<|video_pad|>` would also break the next
         # forward (more video tokens than video features). TRL only suppresses the image token.
@@ -399,6 +408,56 @@ class VideoGRPOTrainer(GRPOTrainer):
         entropies = torch.cat([r[1] for r in results], dim=0) if results[0][1] is not None else None
         aux = torch.stack([r[2] for r in results]).mean() if results[0][2] is not None else None
         return logps, entropies, aux
+
+
+class NonFiniteRewardError(ValueError):
+    """A reward function returned NaN, inf or a non-number; the message names the function and the row."""
+
+
+def reward_problem(value) -> str | None:
+    """Why one reward value cannot be trained on, or None. ``None`` is allowed: TRL's "no reward for this row"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        return f"returned {type(value).__name__} {str(value)[:40]!r}, not a number"
+    if not math.isfinite(float(value)):
+        return f"returned {float(value)}"
+    return None
+
+
+def checked_reward(func: Callable, name: str) -> Callable:
+    """``func`` with its outputs checked: a NaN, inf or non-number raises :class:`NonFiniteRewardError` naming the
+    reward, the row and its query; ``None`` passes (TRL skips such a row for that reward, with its own warning)."""
+    if getattr(func, "_open_r1_checked", False):
+        return func
+
+    def check(outputs, kwargs):
+        for row, value in enumerate(outputs):
+            problem = reward_problem(value)
+            if problem is not None:
+                columns = {key: kwargs[key][row] for key in ("video_id", "query", "solution") if key in kwargs}
+                completion = kwargs["completions"][row] if "completions" in kwargs else None
+                raise NonFiniteRewardError(
+                    f"reward {name!r} {problem} for row {row} ({columns}; completion {str(completion)[:200]!r}); "
+                    "rewards must be finite numbers (None: no reward for this row)"
+                )
+        return outputs
+
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def checked_async(*args, **kwargs):
+            return check(await func(*args, **kwargs), kwargs)
+
+        checked_async._open_r1_checked = True
+        return checked_async
+
+    @functools.wraps(func)
+    def checked(*args, **kwargs):
+        return check(func(*args, **kwargs), kwargs)
+
+    checked._open_r1_checked = True
+    return checked
 
 
 def _sample_from_one_prefill(model, generate, input_ids, attention_mask, pooled, run, generation_config, kwargs):
