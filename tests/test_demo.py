@@ -1,6 +1,9 @@
 """The demo end to end on a shortened schedule: every stage runs and hands the right files on."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +53,39 @@ def test_blank_videos_keep_the_held_out_queries(tmp_path):
         (r["query"], r["windows"], r["duration"]) for r in blank
     ]
     assert len({r["video_id"] for r in load_annotations(splits["train"])} & {r["video_id"] for r in test}) == 0
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_launcher_runs_the_demo_recipe_on_a_cpu(tmp_path):
+    """`RECIPE=recipes/demo/grpo_tiny.yaml bash scripts/run_grpo_video.sh` from a folder laid out like the demo's
+    output: one process, no DeepSpeed, fp32, sdpa, nothing reported; 2 steps, then a checkpoint evaluation can load."""
+    from open_r1.configs import VideoArguments
+    from open_r1.demo import DEMO_DATA, DEMO_VIDEO
+    from open_r1.modeling import build_tiny_model
+    from open_r1.preprocess import preprocess_videos
+    from open_r1.synthetic import make_grounding_dataset
+
+    demo = tmp_path / "outputs" / "demo"
+    build_tiny_model(demo / "warm_start")
+    annotations, videos = make_grounding_dataset(demo / "data" / "train", 2, seed=1, id_prefix="train", **DEMO_DATA)
+    assert annotations == demo / "data" / "train" / "annotations.json"
+    preprocess_videos({p.stem: p for p in videos.glob("*.mp4")}, demo / "data" / "cache",
+                      VideoArguments(**DEMO_VIDEO).to_settings(), progress=False)  # fmt: skip
+    env = {**os.environ, "RECIPE": str(REPO / "recipes" / "demo" / "grpo_tiny.yaml"), "OMP_NUM_THREADS": "2"}
+    for name in ("GPUS_PER_NODE", "DEEPSPEED_CONFIG", "WANDB_MODE", "CUDA_VISIBLE_DEVICES"):
+        env.pop(name, None)
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "run_grpo_video.sh"), "--max_steps", "2", "--save_strategy", "steps",
+         "--save_steps", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert "processes/node=1" in result.stdout and "deepspeed=none" in result.stdout
+    out = demo / "grpo_launcher"
+    assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+    assert (out / "checkpoint-2").is_dir()
+    card = (out / "README.md").read_text()  # written by TRL at the checkpoint
+    assert "[None]" not in card and str(demo / "warm_start") in card
+    assert result.stderr.count("Traceback") == 0

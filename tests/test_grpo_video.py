@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from trl import GRPOConfig, ModelConfig, TrlParser
 
 from open_r1.configs import GRPOScriptArguments
@@ -145,9 +146,11 @@ def test_tiny_model_fixture_is_small(setup):
 
 
 REPO = Path(__file__).resolve().parents[1]
+# The paper recipes (the demo recipe is the demo's sizes on a CPU).
+PAPER_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/grpo_*.yaml") if p.parent.name != "demo")
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*/grpo_*.yaml")), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda p: p.parent.name)
 def test_recipes_state_the_paper_settings(recipe, tmp_path):
     parser = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(
@@ -193,39 +196,64 @@ def test_recipes_state_the_paper_settings(recipe, tmp_path):
     assert script_args.dataset == recipe.parent.name
 
 
-@pytest.mark.parametrize("cwd", ["", "scripts"])
-def test_launcher_from_root_and_scripts(cwd, tmp_path):
-    """The launcher finds the recipe from either folder, reads the multi-node variables and passes flags through."""
+def fake_torchrun(tmp_path) -> dict:
+    """An environment whose `torchrun` prints its folder and arguments instead of starting processes."""
     fake = tmp_path / "bin"
-    fake.mkdir()
+    fake.mkdir(exist_ok=True)
     (fake / "torchrun").write_text('#!/usr/bin/env bash\necho "PWD=$PWD"\nprintf "%s\\n" "$@"\n')
     (fake / "torchrun").chmod(0o755)
-    env = {
-        **os.environ,
-        "PATH": f"{fake}:{os.environ['PATH']}",
-        "NNODES": "2",
-        "NODE_RANK": "1",
-        "MASTER_ADDR": "10.0.0.1",
-        "MASTER_PORT": "1234",
-        "GPUS_PER_NODE": "8",
-    }
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    for name in ("GPUS_PER_NODE", "DEEPSPEED_CONFIG", "RECIPE", "NNODES", "NODE_RANK", "ENTRY"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.mark.parametrize("cwd", ["", "scripts", "elsewhere"])
+def test_launcher_runs_from_any_folder(cwd, tmp_path):
+    """The launcher stays in the caller's folder (relative paths mean what a shell means), finds its default recipe,
+    reads the multi-node variables and passes flags through."""
+    folder = tmp_path if cwd == "elsewhere" else REPO / cwd
+    env = {**fake_torchrun(tmp_path), "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1",
+           "MASTER_PORT": "1234", "GPUS_PER_NODE": "8",
+           "DEEPSPEED_CONFIG": str(REPO / "scripts" / "zero3_offload.json")}  # fmt: skip
     result = subprocess.run(
-        ["bash", "run_grpo_video.sh" if cwd else "scripts/run_grpo_video.sh", "--save_steps", "7"],
-        cwd=REPO / cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+        ["bash", str(REPO / "scripts" / "run_grpo_video.sh"), "--save_steps", "7"],
+        cwd=folder, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
     lines = result.stdout.splitlines()
-    assert f"PWD={REPO}" in lines
-    args = lines[lines.index(f"PWD={REPO}") + 1 :]
+    assert f"PWD={folder}" in lines
+    args = lines[lines.index(f"PWD={folder}") + 1 :]
     assert args[args.index("--nnodes") + 1] == "2" and args[args.index("--node_rank") + 1] == "1"
     assert args[args.index("--nproc_per_node") + 1] == "8"
     assert args[args.index("--master_addr") + 1] == "10.0.0.1" and args[args.index("--master_port") + 1] == "1234"
-    assert (REPO / args[args.index("--config") + 1]).is_file()
-    assert (REPO / args[args.index("--deepspeed") + 1]).is_file()
+    assert args[args.index("--config") + 1] == str(REPO / "recipes/charades/grpo_qwen2_5_vl_7b.yaml")
+    assert Path(args[args.index("--deepspeed") + 1]).is_file()
     assert args[-2:] == ["--save_steps", "7"]
+
+
+def test_launcher_defaults_on_a_machine_without_gpus(tmp_path):
+    """One process and no DeepSpeed without GPUs; a missing recipe names its absolute path; --help starts nothing."""
+    env = fake_torchrun(tmp_path)
+    script = str(REPO / "scripts" / "run_grpo_video.sh")
+    result = subprocess.run(["bash", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    args = result.stdout.splitlines()
+    assert args[args.index("--nproc_per_node") + 1] == "1" and "--deepspeed" not in args
+    missing = subprocess.run(["bash", script], cwd=tmp_path, env={**env, "RECIPE": "recipes/nope.yaml"},
+                             capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode == 2 and f"recipe not found: {tmp_path}/recipes/nope.yaml" in missing.stderr
+    help_text = subprocess.run(["bash", script, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert help_text.returncode == 0 and "PWD=" not in help_text.stdout  # torchrun never started
+    for expected in (
+        "RECIPE",
+        "DEEPSPEED_CONFIG",
+        "GPUS_PER_NODE",
+        "NNODES",
+        "MASTER_ADDR",
+        "--config",
+        "--video_fps",
+    ):
+        assert expected in help_text.stdout, expected
+    assert help_text.stdout.count("usage:") == 1
 
 
 @pytest.mark.parametrize("name", ["zero3_offload", "zero3", "zero2"])
@@ -283,3 +311,39 @@ def test_plain_path_keeps_fp32_master_weights(setup, tmp_path, monkeypatch):
     params = [(n, p) for n, p in trainer.model.named_parameters() if id(p) not in visual]
     direct = sum((p.detach().float() != initial[n].bfloat16().float()).sum().item() for n, p in params)
     assert direct / sum(p.numel() for _, p in params) < 0.5 * fp32
+
+
+def test_reporting_problems_are_found_before_the_model_loads(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from open_r1.grpo_video import check_reporting
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    args = SimpleNamespace(report_to=["wandb"])
+    with pytest.raises(ValueError, match="no wandb API key.*wandb login.*WANDB_MODE=offline.*--report_to none"):
+        check_reporting(args)
+    check_reporting(SimpleNamespace(report_to=["none"]))  # nothing to check
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_reporting(args)
+    monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    check_reporting(args)
+    # The entry point runs the check before anything heavy: a model path that does not exist is never reached.
+    (tmp_path / "netrc").unlink()
+    with pytest.raises(ValueError, match="no wandb API key"):
+        cli(["--model_name_or_path", str(tmp_path / "no_model"), "--dataset", "charades", "--cache_dir",
+             str(tmp_path), "--output_dir", str(tmp_path / "out"), "--report_to", "wandb", "--use_cpu", "true"])  # fmt: skip
+
+
+def test_flash_attention_falls_back_to_sdpa_without_cuda(caplog):
+    from open_r1 import modeling
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU behaviour")
+    modeling._warned_attention.clear()
+    assert modeling.resolve_attn_implementation("flash_attention_2") == "sdpa"
+    assert modeling.resolve_attn_implementation("flash_attention_2") == "sdpa"
+    assert caplog.text.count("flash_attention_2 requested") == 1  # one warning, not one per load
+    assert modeling.resolve_attn_implementation("eager") == "eager"

@@ -174,13 +174,14 @@ def test_launcher_runs_the_warm_start_entry(tmp_path):
     (fake / "torchrun").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
     (fake / "torchrun").chmod(0o755)
     env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    env.pop("RECIPE", None)
     out = subprocess.run(
         ["bash", "scripts/run_sft_video.sh", "--max_steps", "1"], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
     args = out.stdout.splitlines()
     assert args[args.index("-m") + 1] == "open_r1.sft_video"
-    assert args[args.index("--config") + 1] == "recipes/charades/sft_qwen2_5_vl_7b.yaml"
+    assert args[args.index("--config") + 1] == str(REPO / "recipes/charades/sft_qwen2_5_vl_7b.yaml")
     assert args[-2:] == ["--max_steps", "1"]
 
 

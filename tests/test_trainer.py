@@ -13,6 +13,7 @@ from open_r1.modeling import build_tiny_model, encode_batch, load_model, load_pr
 from open_r1.positions import set_position_layout
 from open_r1.prompts import build_conversation
 from open_r1.trainer import VideoGRPOTrainer, vision_tower
+from open_r1.trainer.video_grpo_trainer import NonFiniteRewardError
 from open_r1.video import VideoClip
 
 
@@ -181,6 +182,25 @@ def test_logps_match_direct_forward_with_video(tiny_path, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1.0"])
+def test_a_non_finite_reward_stops_training_naming_reward_and_row(tiny_path, tmp_path, bad):
+    def spiky_reward(completions, **kwargs):
+        return [1.0, bad] + [0.5] * (len(completions) - 2)
+
+    trainer = make_trainer(tiny_path, tmp_path, reward_funcs=(spiky_reward, constant_reward), max_steps=1)
+    with pytest.raises(NonFiniteRewardError, match=r"reward 'spiky_reward' returned .* for row 1 \(\{'video_id': 'v"):
+        trainer.train()
+
+
+def test_a_reward_may_return_none_for_rows_it_does_not_score(tiny_path, tmp_path):
+    def partial_reward(completions, **kwargs):
+        return [None] + [1.0] * (len(completions) - 1)
+
+    trainer = make_trainer(tiny_path, tmp_path, reward_funcs=(partial_reward, constant_reward), max_steps=1)
+    trainer.train()  # TRL's rule for None (no reward for that row), unchanged
+    assert trainer.state.log_history[0]["rewards/partial_reward/mean"] == 1.0
+
+
 def test_two_steps_log_rewards_and_train_only_the_llm(tiny_path, tmp_path):
     trainer = make_trainer(tiny_path, tmp_path, learning_rate=1e-2)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
@@ -311,6 +331,8 @@ def test_one_step_with_the_real_152k_tokenizer(tmp_path):
 
 
 REPO = Path(__file__).resolve().parents[1]
+# The paper recipes (the demo recipe is the demo's sizes on a CPU).
+PAPER_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/grpo_*.yaml") if p.parent.name != "demo")
 # The recipe keys that decide the GRPO loss.
 LOSS_KEYS = (
     "beta",
@@ -339,7 +361,7 @@ def paper_loss(logps, ref_logps, rewards, mask, group, beta):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*/grpo_*.yaml")), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda p: p.parent.name)
 def test_recipe_loss_and_gradient_are_the_papers(tiny_path, tmp_path, recipe):
     settings = {key: yaml.safe_load(recipe.read_text())[key] for key in LOSS_KEYS}
     trainer = make_trainer(

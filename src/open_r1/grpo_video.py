@@ -178,6 +178,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     if model_args.model_name_or_path is None:
         raise ValueError("give --model_name_or_path")
     # Checks that need no model.
+    check_reporting(training_args)
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
     rows = load_rows(script_args)
     source = video_source(script_args)
@@ -234,6 +235,42 @@ def train_and_save(trainer, processor, checkpoint: str | None):
     return trainer
 
 
+class _QuietAccumulationMismatch(logging.Filter):
+    """accelerate warns "Gradient accumulation steps mismatch" on every DeepSpeed run: the Trainer counts
+    accumulation itself and fills DeepSpeed's "auto" with the same --gradient_accumulation_steps, so the two agree in
+    effect, and the line only alarms."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Gradient accumulation steps mismatch" not in record.getMessage()
+
+
+def check_reporting(training_args) -> None:
+    """Fail before the model loads when a requested logger cannot start (wandb without a key or the package), with the
+    fix in the message; otherwise it would fail, or prompt for a key, after minutes of loading."""
+    report_to = training_args.report_to or []
+    report_to = [report_to] if isinstance(report_to, str) else list(report_to)
+    if "wandb" not in report_to and "all" not in report_to:
+        return
+    try:
+        import wandb  # noqa: F401
+    except ImportError as error:
+        raise ValueError(
+            "--report_to wandb needs the wandb package: pip install wandb (or --report_to none)"
+        ) from error
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace"):
+        return
+    raise ValueError(
+        "--report_to wandb but no wandb API key is configured (no WANDB_API_KEY, no api.wandb.ai entry in "
+        f"{netrc}): run `wandb login`, set WANDB_API_KEY, set WANDB_MODE=offline (logs kept locally, "
+        "`wandb sync` later), or pass --report_to none"
+    )
+
+
 def use_gloo_for_cpu_deepspeed(argv: list[str]) -> list[str]:
     """DeepSpeed on CPU processes (tests, debugging without GPUs) needs a gloo process group set up before parsing.
 
@@ -260,6 +297,8 @@ def parse_cli(dataclass_types: tuple, argv: list[str] | None) -> tuple:
     )
     from open_r1.configs import normalize_video_flags
 
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietAccumulationMismatch())
     argv = use_gloo_for_cpu_deepspeed(normalize_video_flags(list(sys.argv[1:] if argv is None else argv)))
     return TrlParser(dataclass_types).parse_args_and_config(args=argv)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +39,49 @@ def default_attn_implementation() -> str:
     if torch.cuda.is_available() and is_flash_attn_2_available():
         return "flash_attention_2"
     return "sdpa"
+
+
+_warned_attention: set[str] = set()
+
+
+def resolve_attn_implementation(requested: str | None) -> str:
+    """``requested`` when this machine can run it; flash_attention_2 without CUDA or without the flash-attn package
+    becomes sdpa, with one warning (recipes name the paper's kernel, a CPU or a GPU without flash-attn still runs)."""
+    if requested is None:
+        return default_attn_implementation()
+    if requested == "flash_attention_2" and not (torch.cuda.is_available() and is_flash_attn_2_available()):
+        reason = "no CUDA device" if not torch.cuda.is_available() else "the flash-attn package is not installed"
+        if requested not in _warned_attention:
+            logger.warning("flash_attention_2 requested but %s: using sdpa (same results, more memory)", reason)
+            _warned_attention.add(requested)
+        return "sdpa"
+    return requested
+
+
+def fix_model_card(output_dir: str | Path, base_model: str | None) -> None:
+    """TRL's model card says "fine-tuned version of [None](https://huggingface.co/None)" when the base model is a
+    local folder; name the folder instead."""
+    card = Path(output_dir) / "README.md"
+    if not base_model or not card.is_file():
+        return
+    text = card.read_text(encoding="utf-8")
+    broken = "[None](https://huggingface.co/None)"
+    if broken in text:
+        card.write_text(text.replace(broken, f"the local checkpoint `{os.path.abspath(base_model)}`"), "utf-8")
+
+
+def with_local_model_card(trainer_class):
+    """``trainer_class`` whose model card names a local base model instead of "[None]" (TRL writes the card into
+    ``output_dir`` at every checkpoint)."""
+
+    class Trainer(trainer_class):
+        def create_model_card(self, *args, **kwargs):
+            super().create_model_card(*args, **kwargs)
+            if self.is_world_process_zero():
+                fix_model_card(self.args.output_dir, getattr(self.model.config, "_name_or_path", None))
+
+    Trainer.__name__ = Trainer.__qualname__ = trainer_class.__name__
+    return Trainer
 
 
 def default_dtype() -> torch.dtype:
@@ -88,7 +132,7 @@ def load_model(
         dtype = getattr(torch, dtype)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(path),
-        attn_implementation=attn_implementation or default_attn_implementation(),
+        attn_implementation=resolve_attn_implementation(attn_implementation),
         dtype=dtype or default_dtype(),
     )
     return set_position_layout(model, position_layout)

@@ -100,9 +100,9 @@ def video_ids_in_folder(video_dir) -> list[str]:
 # Resources
 
 
-# Peak RSS of one decoding worker at the paper's settings, 1080p sources, after chunked resizing (measured: see the
-# README); used only to size the default worker count.
-WORKER_MEMORY_BYTES = 1536 * 2**20
+# Peak RSS of one decoding worker on 4K sources after chunked resizing (1.0-1.8 GiB measured by
+# benchmarks/decode_memory.py); used only to size the default worker count.
+WORKER_MEMORY_BYTES = 2 * 2**30
 
 
 def available_memory() -> int | None:
@@ -126,7 +126,15 @@ def default_num_workers(cpus: int | None = None, memory: int | None = None) -> i
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far."""
+    """Peak resident memory of this process so far (Linux: ``VmHWM``, which, unlike ``ru_maxrss``, does not carry
+    over the parent's peak into a forked or exec'd child)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -116,6 +116,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     from trl import SFTTrainer
 
     from open_r1.grpo_video import (
+        check_reporting,
         check_videos,
         load_for_training,
         load_rows,
@@ -123,11 +124,12 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         train_and_save,
         video_source,
     )
-    from open_r1.modeling import check_model_path
+    from open_r1.modeling import check_model_path, with_local_model_card
     from open_r1.trainer import vision_tower
 
     if model_args.model_name_or_path is None:
         raise ValueError("give --model_name_or_path")
+    check_reporting(training_args)
     rows = load_rows(script_args)
     source = video_source(script_args)
     rows = check_videos(rows, source)
@@ -142,7 +144,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     model, processor, _ = load_for_training(script_args, training_args, model_args)
     if script_args.freeze_vision_tower:
         vision_tower(model).requires_grad_(False)
-    trainer = SFTTrainer(
+    trainer = with_local_model_card(SFTTrainer)(
         model=model,
         args=training_args,
         train_dataset=dataset,

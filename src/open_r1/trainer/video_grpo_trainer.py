@@ -32,7 +32,13 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from trl import GRPOTrainer
 
-from open_r1.modeling import encode_batch, per_row_patches, video_features_once, vision_token_ids
+from open_r1.modeling import (
+    encode_batch,
+    fix_model_card,
+    per_row_patches,
+    video_features_once,
+    vision_token_ids,
+)
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, position_layout, set_position_layout
 from open_r1.trainer.packing import packed_group, prompt_groups
 
@@ -142,6 +148,12 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._video_inputs: dict | None = None
         # Token ids / mm ids of the prompts being rolled out, read by `_tokenize_prompts`.
         self._encoded_prompts: dict | None = None
+
+    def create_model_card(self, *args, **kwargs):
+        """TRL's card, naming a local base model instead of "[None]"."""
+        super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            fix_model_card(self.args.output_dir, getattr(self.model.config, "_name_or_path", None))
 
     # ------------------------------------------------------------------------------------------------------------
     # Rollout
