@@ -453,6 +453,18 @@ def test_messages_name_the_real_problem(tmp_path):
     assert [r["query_id"] for r in read_predictions(lines)] == ["q1"]
 
 
+def test_training_precheck_probes_raw_videos_before_the_model_loads(tmp_path):
+    videos = tmp_path / "videos"
+    write_video(videos / "good.mp4", frames(8), 4.0)
+    (videos / "broken.mp4").write_bytes(
+        b"\x00\x00\x00\x18ftypmp42" + bytes(RNG.integers(0, 255, 4000, dtype=np.uint8))
+    )
+    rows = [{"video_id": vid, "windows": [[0.0, 1.0]]} for vid in ("good", "broken")]
+    with pytest.raises(ValueError, match=r"1 videos cannot be decoded \(broken: cannot decode .*broken\.mp4"):
+        check_videos(rows, VideoSource(SETTINGS, video_dir=videos))
+    assert check_videos(rows[:1], VideoSource(SETTINGS, video_dir=videos)) == rows[:1]
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 10. Variable frame rate
 

@@ -207,7 +207,7 @@ def read_durations_csv(paths: str | Path | Iterable[str | Path]) -> dict[str, fl
     durations: dict[str, float] = {}
     for csv_path in map(Path, paths):
         if not csv_path.is_file():
-            raise FileNotFoundError(f"durations CSV not found: {csv_path}")
+            raise FileNotFoundError(f"durations CSV not found: {csv_path.resolve()}")
         with csv_path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             missing = {"id", "length"} - set(reader.fieldnames or [])
@@ -341,7 +341,7 @@ def load_annotations(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise FileNotFoundError(f"annotation file not found: {Path(path).resolve()}")
     fmt, records = _detect_and_parse(path, durations_csv)
     stats = AnnotationStats(path=str(path), format=fmt, num_videos=len(records))
     rows: list[dict[str, Any]] = []

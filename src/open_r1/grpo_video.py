@@ -33,7 +33,7 @@ def load_rows(script_args: GRPOScriptArguments) -> list[dict]:
 
     if script_args.annotation_file is not None:
         if not Path(script_args.annotation_file).is_file():
-            raise FileNotFoundError(f"annotation file not found: {script_args.annotation_file}")
+            raise FileNotFoundError(f"annotation file not found: {Path(script_args.annotation_file).resolve()}")
         rows = load_annotations(script_args.annotation_file)
     else:
         rows = load_split(script_args.dataset, script_args.split)
@@ -162,10 +162,10 @@ def resolve_checkpoint(training_args: GRPOConfig) -> str | None:
     if str(value).lower() in ("latest", "true"):
         last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
         if last is None:
-            raise FileNotFoundError(f"no checkpoint-* folder in {training_args.output_dir} to resume from")
+            raise FileNotFoundError(f"no checkpoint-* folder in {Path(training_args.output_dir).resolve()} to resume from")
         return last
     if not os.path.isdir(value):
-        raise FileNotFoundError(f"checkpoint folder not found: {value}")
+        raise FileNotFoundError(f"checkpoint folder not found: {Path(value).resolve()}")
     return value
 
 

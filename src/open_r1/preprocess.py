@@ -300,7 +300,7 @@ def _process(
             "type": "failure",
             "video_id": task.video_id,
             "source": None,
-            "reason": "video file not found in --video_dir",
+            "reason": "video file not found in --video_dir",  # the folder is logged, absolute, once per run
         }
     timing: dict = {}
     try:
@@ -671,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         for video_id in video_ids
     }
     num_workers = args.num_workers if args.num_workers is not None else default_num_workers()
+    logger.info("videos from %s, cache in %s", os.path.abspath(args.video_dir), os.path.abspath(args.output_dir))
     summary = preprocess_videos(
         videos,
         args.output_dir,
