@@ -162,7 +162,9 @@ def resolve_checkpoint(training_args: GRPOConfig) -> str | None:
     if str(value).lower() in ("latest", "true"):
         last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
         if last is None:
-            raise FileNotFoundError(f"no checkpoint-* folder in {Path(training_args.output_dir).resolve()} to resume from")
+            raise FileNotFoundError(
+                f"no checkpoint-* folder in {Path(training_args.output_dir).resolve()} to resume from"
+            )
         return last
     if not os.path.isdir(value):
         raise FileNotFoundError(f"checkpoint folder not found: {Path(value).resolve()}")

@@ -105,16 +105,21 @@ def video_ids_in_folder(video_dir) -> list[str]:
 WORKER_MEMORY_BYTES = 2 * 2**30
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to new processes (Linux ``MemAvailable``), None when unknown."""
+def _proc_kib(path: str, key: str) -> int | None:
+    """Bytes of a ``key: N kB`` line of a Linux /proc file, None where there is none."""
     try:
-        with open("/proc/meminfo") as handle:
+        with open(path) as handle:
             for line in handle:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux ``MemAvailable``), None when unknown."""
+    return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def default_num_workers(cpus: int | None = None, memory: int | None = None) -> int:
@@ -128,13 +133,9 @@ def default_num_workers(cpus: int | None = None, memory: int | None = None) -> i
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far (Linux: ``VmHWM``, which, unlike ``ru_maxrss``, does not carry
     over the parent's peak into a forked or exec'd child)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_kib("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
