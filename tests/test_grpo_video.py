@@ -347,3 +347,22 @@ def test_flash_attention_falls_back_to_sdpa_without_cuda(caplog):
     assert modeling.resolve_attn_implementation("flash_attention_2") == "sdpa"
     assert caplog.text.count("flash_attention_2 requested") == 1  # one warning, not one per load
     assert modeling.resolve_attn_implementation("eager") == "eager"
+
+
+def test_the_accumulation_mismatch_alarm_is_dropped_and_other_lines_kept(caplog, monkeypatch):
+    """accelerate's "Gradient accumulation steps mismatch" line (on every DeepSpeed run with accumulation > 1) is
+    filtered at the handlers the entry point logs to; everything else still reaches them."""
+    import logging
+
+    from open_r1.grpo_video import _QuietAccumulationMismatch, parse_cli
+
+    with pytest.raises(SystemExit):  # parse_cli installs the filter, then argparse stops at --help
+        parse_cli((GRPOScriptArguments,), ["--help"])
+    assert any(isinstance(f, _QuietAccumulationMismatch) for h in logging.getLogger().handlers for f in h.filters)
+    accelerate_logger = logging.getLogger("accelerate.accelerator")
+    accelerate_logger.warning(
+        "Gradient accumulation steps mismatch: GradientAccumulationPlugin has 1, DeepSpeed config has 2. "
+        "Using DeepSpeed's value."
+    )
+    accelerate_logger.warning("a different warning")
+    assert "accumulation steps mismatch" not in caplog.text and "a different warning" in caplog.text

@@ -114,7 +114,7 @@ def train_warm_start(
     seed: int,
     steps: int,
     batch_size: int = 16,
-    answer_decimals: int = 0,
+    answer_decimals: int = 2,
 ) -> Path:
     """The supervised warm start on the training split (open_r1.sft_video), vision tower included (it is random)."""
     from trl import ModelConfig, SFTConfig
