@@ -40,9 +40,10 @@ SPLITS = {"train": (64, 1), "test": (24, 2)}
 STAGES = ("random", "constant", "blank", "sft", "grpo")
 
 
-def make_data(out: Path, train_videos: int | None = None) -> dict[str, Path]:
+def make_data(out: Path, train_videos: int | None = None, data: dict | None = None) -> dict[str, Path]:
     """Write and cache the videos; returns annotation files: ``train``, ``test`` and ``blank`` (the held-out queries
-    on all-background copies of the held-out videos)."""
+    on all-background copies of the held-out videos). ``data`` overrides entries of :data:`DEMO_DATA`."""
+    data = {**DEMO_DATA, **(data or {})}
     from open_r1.data import find_video, load_annotations
     from open_r1.preprocess import preprocess_videos
     from open_r1.synthetic import make_grounding_dataset
@@ -52,10 +53,10 @@ def make_data(out: Path, train_videos: int | None = None) -> dict[str, Path]:
     test_videos, test_seed = SPLITS["test"]
     splits = {
         "train": make_grounding_dataset(out / "train", train_videos or default_train, seed=train_seed,
-                                        id_prefix="train", **DEMO_DATA)[0],
-        "test": make_grounding_dataset(out / "test", test_videos, seed=test_seed, id_prefix="test", **DEMO_DATA)[0],
+                                        id_prefix="train", **data)[0],
+        "test": make_grounding_dataset(out / "test", test_videos, seed=test_seed, id_prefix="test", **data)[0],
         "blank": make_grounding_dataset(out / "blank", test_videos, seed=test_seed, id_prefix="blank", blank=True,
-                                        **DEMO_DATA)[0],
+                                        **data)[0],
     }  # fmt: skip
     for annotation_file in splits.values():
         rows = load_annotations(annotation_file)
@@ -87,7 +88,9 @@ def constant_predictions(train_annotations: Path, test_annotations: Path) -> lis
     return records
 
 
-def evaluate_stage(model_dir: Path, annotations: Path, cache: Path, out: Path, max_new_tokens: int) -> list[dict]:
+def evaluate_stage(
+    model_dir: Path, annotations: Path, cache: Path, out: Path, max_new_tokens: int, position_layout: str = "reference"
+) -> list[dict]:
     """Greedy evaluation with evaluate.py's loop; returns the prediction records."""
     from open_r1.evaluate import read_predictions, run_evaluation
 
@@ -100,6 +103,7 @@ def evaluate_stage(model_dir: Path, annotations: Path, cache: Path, out: Path, m
             batch_size=16,
             max_new_tokens=max_new_tokens,
             overwrite=True,
+            position_layout=position_layout,
             **DEMO_VIDEO,
         )
     )
@@ -115,6 +119,7 @@ def train_warm_start(
     steps: int,
     batch_size: int = 16,
     answer_decimals: int = 2,
+    position_layout: str = "reference",
 ) -> Path:
     """The supervised warm start on the training split (open_r1.sft_video), vision tower included (it is random)."""
     from trl import ModelConfig, SFTConfig
@@ -127,6 +132,7 @@ def train_warm_start(
         cache_dir=str(cache),
         freeze_vision_tower=False,
         answer_decimals=answer_decimals,
+        position_layout=position_layout,
         **DEMO_VIDEO,
     )
     training_args = SFTConfig(
