@@ -632,7 +632,7 @@ def _positive_finite(meta: dict[str, str], key: str) -> float:
         value = float(meta[key])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{key} is missing or not a number") from error
-    if not math.isfinite(value) or value <= 0 or value < 1e-6 or value > 1e7:
+    if not math.isfinite(value) or not 1e-6 <= value <= 1e7:
         raise ValueError(f"{key} = {meta[key]} is not a positive, finite, plausible number")
     return value
 
