@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--position_layout", default="reference", choices=["reference", "transformers"])
+    parser.add_argument("--freeze_vision_tower", action="store_true", help="Train the language model only.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -50,7 +51,8 @@ def main() -> int:
     model = build_tiny_model(out / "random_model", seed=args.seed, hidden_size=args.hidden_size,
                              num_layers=args.num_layers)  # fmt: skip
     warm = demo.train_warm_start(model, splits["train"], cache, out / "warm_start", args.seed, args.steps,
-                                 args.batch_size, args.answer_decimals, args.position_layout)  # fmt: skip
+                                 args.batch_size, args.answer_decimals, args.position_layout,
+                                 args.freeze_vision_tower)  # fmt: skip
     keys = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
     result = {"args": vars(args)}
     for name, split in (("held_out", "test"), ("blank", "blank"), ("train", "train")):

@@ -120,6 +120,7 @@ def train_warm_start(
     batch_size: int = 16,
     answer_decimals: int = 2,
     position_layout: str = "reference",
+    freeze_vision_tower: bool = False,
 ) -> Path:
     """The supervised warm start on the training split (open_r1.sft_video), vision tower included (it is random)."""
     from trl import ModelConfig, SFTConfig
@@ -130,7 +131,7 @@ def train_warm_start(
     script_args = SFTScriptArguments(
         annotation_file=str(train_annotations),
         cache_dir=str(cache),
-        freeze_vision_tower=False,
+        freeze_vision_tower=freeze_vision_tower,
         answer_decimals=answer_decimals,
         position_layout=position_layout,
         **DEMO_VIDEO,
