@@ -310,6 +310,8 @@ def test_wrong_shaped_prediction_lines_name_file_and_line(tmp_path, line, proble
     path.write_text(json.dumps(GOOD) + "\n" + json.dumps(line) + "\n")
     with pytest.raises(PredictionsFileError, match=rf"predictions\.jsonl:2: line .*{problem}"):
         rescore_predictions(path, write=False)
+    with pytest.raises(PredictionsFileError, match=r"predictions\.jsonl:2"):  # --allow_mixed is about runs only
+        rescore_predictions(path, write=False, allow_mixed=True)
     # Resume rule: the line is skipped with the same message (its query is evaluated again).
     assert [r["query_id"] for r in read_predictions(path)] == ["q1"]
     assert "predictions.jsonl:2" in caplog.text

@@ -209,14 +209,16 @@ def record_problem(record) -> str | None:
     return None
 
 
-def read_predictions(path: str | Path, strict: bool = False, report: dict | None = None) -> list[dict[str, Any]]:
+def read_predictions(
+    path: str | Path, strict: bool = False, allow_conflicts: bool = False, report: dict | None = None
+) -> list[dict[str, Any]]:
     """The records of a predictions file, one per query.
 
     Rules: a line that does not parse as JSON (the last line of a killed run may be cut short) is skipped with a
     warning. A line that parses but is not a record (:func:`record_problem`) is skipped with a warning naming file and
     line (the query is then evaluated again on resume), or, with ``strict`` (rescoring), raises
-    :class:`PredictionsFileError`. A query that appears twice is reported (first line kept when both lines are equal;
-    with ``strict``, differing duplicates raise: two runs concatenated). ``report``, when given, receives
+    :class:`PredictionsFileError`. A query that appears twice is reported and its first line kept; with ``strict``,
+    lines that differ raise (two runs concatenated) unless ``allow_conflicts``. ``report``, when given, receives
     ``{"bad_lines": [...], "duplicates": [...]}``.
     """
     path = Path(path)
@@ -243,7 +245,7 @@ def read_predictions(path: str | Path, strict: bool = False, report: dict | None
             "%s: %d queries appear more than once (e.g. %s), %d with different content; the first line of each is used",
             path, len(duplicates), duplicates[0], len(conflicts),
         )  # fmt: skip
-    if strict and conflicts:
+    if strict and conflicts and not allow_conflicts:
         key, number = conflicts[0]
         raise PredictionsFileError(
             f"{path}:{number}: query {key} was already scored differently earlier in the file ({len(conflicts)} such "
@@ -360,17 +362,13 @@ def rescore_predictions(
 ) -> dict[str, Any]:
     """Metrics of a predictions file alone (no model); writes ``metrics.json`` (and the plot) beside it.
 
-    Strict: a malformed line stops it (file and line named); so does a file whose lines come from runs with
+    Strict: a malformed line stops it (file and line named), always; so does a file whose lines come from runs with
     different settings (their ``run_id``) or that scores one query twice differently, unless ``allow_mixed``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file not found: {path.resolve()}")
-    records = read_predictions(path, strict=not allow_mixed)
-    if not allow_mixed:
-        for record in records:
-            if record_problem(record) is not None:  # pragma: no cover - read_predictions raised already
-                raise PredictionsFileError(f"{path}: {record_problem(record)}")
+    records = read_predictions(path, strict=True, allow_conflicts=allow_mixed)
     runs = Counter(record.get("run_id") for record in records if record.get("run_id"))
     if len(runs) > 1 and not allow_mixed:
         (first, n_first), (second, n_second) = runs.most_common(2)

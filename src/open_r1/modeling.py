@@ -70,18 +70,14 @@ def fix_model_card(output_dir: str | Path, base_model: str | None) -> None:
         card.write_text(text.replace(broken, f"the local checkpoint `{os.path.abspath(base_model)}`"), "utf-8")
 
 
-def with_local_model_card(trainer_class):
-    """``trainer_class`` whose model card names a local base model instead of "[None]" (TRL writes the card into
-    ``output_dir`` at every checkpoint)."""
+class LocalModelCardMixin:
+    """For a TRL trainer (mixed in before it): the model card, which TRL writes into ``output_dir`` at every
+    checkpoint, names a local base model instead of "[None]"."""
 
-    class Trainer(trainer_class):
-        def create_model_card(self, *args, **kwargs):
-            super().create_model_card(*args, **kwargs)
-            if self.is_world_process_zero():
-                fix_model_card(self.args.output_dir, getattr(self.model.config, "_name_or_path", None))
-
-    Trainer.__name__ = Trainer.__qualname__ = trainer_class.__name__
-    return Trainer
+    def create_model_card(self, *args, **kwargs):
+        super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            fix_model_card(self.args.output_dir, getattr(self.model.config, "_name_or_path", None))
 
 
 def default_dtype() -> torch.dtype:

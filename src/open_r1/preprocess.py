@@ -75,13 +75,8 @@ def video_durations_from_sources(sources: list[str]) -> dict[str, float | None]:
             paths = [split_path(name, one) for one in splits]
         for path in paths:
             for row in load_annotations(path):
-                duration = row.get("duration")
-                duration = float(duration) if duration is not None else None
-                previous = ids.get(row["video_id"])
-                if row["video_id"] not in ids or previous is None:
-                    ids[row["video_id"]] = duration
-                elif duration is not None:
-                    ids[row["video_id"]] = max(previous, duration)
+                known = [d for d in (ids.get(row["video_id"]), row.get("duration")) if d is not None]
+                ids[row["video_id"]] = max(map(float, known)) if known else None
     return ids
 
 
@@ -427,9 +422,8 @@ def preprocess_videos(
             invalid.append({"type": "failure", "video_id": str(video_id), "source": None,
                             "reason": f"invalid video id: {id_problem}"})  # fmt: skip
             continue
-        problem = cache.problem(video_id, settings)
-        if problem is None and verify_existing:
-            problem = cache.verify_entry(video_id, settings)
+        # verify_entry makes every check problem() makes, then reads the frames against their checksum.
+        problem = cache.verify_entry(video_id, settings) if verify_existing else cache.problem(video_id, settings)
         if problem is None:
             summary.skipped += 1
             if manifest.get(video_id, {}).get("type") != "entry":

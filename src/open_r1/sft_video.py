@@ -17,9 +17,10 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from trl import ModelConfig, SFTConfig
+from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from open_r1.configs import VideoDataArguments
+from open_r1.modeling import LocalModelCardMixin
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ def build_dataset(rows: list[dict], script_args: SFTScriptArguments):
     )
 
 
+class VideoSFTTrainer(LocalModelCardMixin, SFTTrainer):
+    """TRL's ``SFTTrainer``; only its model card differs (it names a local base model)."""
+
+
 class VideoSFTCollator:
     """Features -> model inputs: ``[left-padded prompt | right-padded answer + <|im_end|>]``, labels on the answer.
 
@@ -113,8 +118,6 @@ class VideoSFTCollator:
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
     """Train and save; returns the trainer."""
-    from trl import SFTTrainer
-
     from open_r1.grpo_video import (
         check_reporting,
         check_videos,
@@ -124,7 +127,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         train_and_save,
         video_source,
     )
-    from open_r1.modeling import check_model_path, with_local_model_card
+    from open_r1.modeling import check_model_path
     from open_r1.trainer import vision_tower
 
     if model_args.model_name_or_path is None:
@@ -144,7 +147,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     model, processor, _ = load_for_training(script_args, training_args, model_args)
     if script_args.freeze_vision_tower:
         vision_tower(model).requires_grad_(False)
-    trainer = with_local_model_card(SFTTrainer)(
+    trainer = VideoSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,

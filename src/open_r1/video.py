@@ -302,10 +302,6 @@ def _pyav_stream_info(path: Path) -> _StreamInfo:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         size = (stream.codec_context.height, stream.codec_context.width)
-        if stream.duration and stream.time_base:
-            claimed = float(stream.duration * stream.time_base)
-        else:
-            claimed = container.duration / 1e6 if container.duration else 0.0
         pts, packets = [], 0
         for packet in container.demux(stream):
             if packet.size > 0:
@@ -314,7 +310,16 @@ def _pyav_stream_info(path: Path) -> _StreamInfo:
                     pts.append(float(packet.pts * stream.time_base))
         pts.sort()
         timestamps = [t - pts[0] for t in pts] if len(pts) == packets else []
-        return _StreamInfo(packets, float(rate) if rate else 0.0, size, claimed, timestamps)
+        return _StreamInfo(
+            packets, float(rate) if rate else 0.0, size, _claimed_duration(container, stream), timestamps
+        )
+
+
+def _claimed_duration(container, stream) -> float:
+    """Seconds the metadata claims for ``stream`` (the stream's own duration, else the container's); 0 if none."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration else 0.0
 
 
 def timestamp_max_offset(timestamps: list[float], fps: float) -> float:
@@ -450,9 +455,7 @@ def probe_video(path) -> float | None:
             stream = container.streams.video[0]
             if next(container.decode(stream), None) is None:
                 raise VideoDecodeError(f"no frame decodes: {os.path.abspath(path)}")
-            if stream.duration and stream.time_base:
-                return float(stream.duration * stream.time_base)
-            return container.duration / 1e6 if container.duration else None
+            return _claimed_duration(container, stream) or None
     except (av.FFmpegError, OSError, ValueError) as error:
         raise VideoDecodeError(f"cannot decode {os.path.abspath(path)}: {_short(error)}") from error
 
@@ -564,9 +567,9 @@ class VideoCache:
                 raise CacheEntryError(problem)
         return clip_from_metadata(frames, meta)
 
-    def metadata(self, video_id: str) -> dict[str, str]:
-        """The entry's header metadata (raises :class:`CacheEntryError` like :meth:`load`)."""
-        return self._read_header(video_id, None)
+    def metadata(self, video_id: str, settings: VideoSettings | None = None) -> dict[str, str]:
+        """The entry's validated header metadata (raises :class:`CacheEntryError` like :meth:`load`)."""
+        return self._read_header(video_id, settings)
 
     def verify_entry(self, video_id: str, settings: VideoSettings | None = None) -> str | None:
         """Why the entry is not usable, reading and checksumming its frames; None when it is intact."""
@@ -726,9 +729,10 @@ class VideoSource:
 
     def get(self, video_id: str) -> VideoClip:
         """The clip for ``video_id``. Raises :class:`VideoDecodeError` when neither cache nor file can provide it."""
-        problem = video_id_problem(video_id)
-        if problem is not None:
-            raise VideoDecodeError(f"video id {video_id!r:.80} {problem}")
+        try:
+            check_video_id(video_id)
+        except InvalidVideoId as error:
+            raise VideoDecodeError(str(error)) from error
         cache_problem = "no cache folder given"
         if self.cache is not None:
             try:
@@ -761,8 +765,11 @@ class VideoSource:
         """Seconds of frames the clip will have, without decoding: the cache header's duration, else (raw file) the
         container's claim after a cheap probe (:func:`probe_video`, which raises :class:`VideoDecodeError` for a file
         that cannot be opened or decoded). None when unknown."""
-        if self.cache is not None and self.cache.problem(video_id, self.settings) is None:
-            return float(self.cache.metadata(video_id)["duration"])
+        if self.cache is not None:
+            try:
+                return float(self.cache.metadata(video_id, self.settings)["duration"])
+            except CacheEntryError:
+                pass
         path = self.video_path(video_id)
         return probe_video(path) if path is not None else None
 
@@ -778,10 +785,7 @@ class VideoSource:
                 return None
         path = self.video_path(video_id)
         if path is not None:
-            file_issue = file_problem(path)
-            if file_issue is None:
-                return None
-            return file_issue
+            return file_problem(path)
         return cache_problem or "no video file"
 
 

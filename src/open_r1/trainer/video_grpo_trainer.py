@@ -33,8 +33,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from trl import GRPOTrainer
 
 from open_r1.modeling import (
+    LocalModelCardMixin,
     encode_batch,
-    fix_model_card,
     per_row_patches,
     video_features_once,
     vision_token_ids,
@@ -56,7 +56,7 @@ def vision_tower(model) -> torch.nn.Module:
     return base.visual
 
 
-class VideoGRPOTrainer(GRPOTrainer):
+class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
     """GRPO for temporal video grounding with Qwen2.5-VL.
 
     Args:
@@ -148,12 +148,6 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._video_inputs: dict | None = None
         # Token ids / mm ids of the prompts being rolled out, read by `_tokenize_prompts`.
         self._encoded_prompts: dict | None = None
-
-    def create_model_card(self, *args, **kwargs):
-        """TRL's card, naming a local base model instead of "[None]"."""
-        super().create_model_card(*args, **kwargs)
-        if self.is_world_process_zero():
-            fix_model_card(self.args.output_dir, getattr(self.model.config, "_name_or_path", None))
 
     # ------------------------------------------------------------------------------------------------------------
     # Rollout
