@@ -7,45 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from _entry_points import common_args, tiny_setup
 from trl import GRPOConfig, ModelConfig, TrlParser
 
 from open_r1.configs import GRPOScriptArguments
 from open_r1.grpo_video import cli
-from open_r1.modeling import build_tiny_model, load_model, load_processor
-from open_r1.synthetic import make_grounding_dataset
-
-# Tiny frames: 56x56 after resizing, 2 fps -> 8 temporal steps x 4 merged tokens = 32 video tokens per query.
-VIDEO_FLAGS = ["--video_min_pixels", "3136", "--video_total_pixels", str(3136 * 16)]
+from open_r1.modeling import load_model, load_processor
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grpo")
-    annotations, video_dir = make_grounding_dataset(root / "data", num_videos=4, duration=4.0, fps=4.0)
-    model = build_tiny_model(root / "tiny")
-    return root, annotations, video_dir, model
+    return tiny_setup(tmp_path_factory, "grpo")
 
 
 def base_args(setup, output_dir, *extra):
-    _, annotations, video_dir, model = setup
-    return [
-        "--model_name_or_path", str(model),
-        "--annotation_file", str(annotations),
-        "--video_dir", str(video_dir),
-        "--output_dir", str(output_dir),
-        "--use_cpu", "true",
-        "--bf16", "false",
-        "--per_device_train_batch_size", "4",
-        "--num_generations", "4",
-        "--max_completion_length", "8",
-        "--beta", "0.04",
-        "--loss_type", "grpo",
-        "--report_to", "none",
-        "--logging_steps", "1",
-        "--save_strategy", "no",
-        *VIDEO_FLAGS,
-        *extra,
-    ]  # fmt: skip
+    grpo = ["--num_generations", "4", "--max_completion_length", "8", "--beta", "0.04", "--loss_type", "grpo"]
+    return common_args(setup, output_dir, *grpo, *extra)
 
 
 @pytest.mark.slow

@@ -9,46 +9,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from _entry_points import VIDEO_FLAGS, common_args, tiny_setup
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from open_r1.grounding import parse_span
-from open_r1.modeling import build_tiny_model, encode_batch, load_model, load_processor
+from open_r1.modeling import encode_batch, load_model, load_processor
 from open_r1.prompts import build_answer, build_conversation
 from open_r1.rewards import format_reward
 from open_r1.sft_video import SFTScriptArguments, VideoSFTCollator, build_dataset, cli
-from open_r1.synthetic import make_grounding_dataset
 from open_r1.trainer import vision_tower
 from open_r1.video import VideoSource
 
 REPO = Path(__file__).resolve().parents[1]
-VIDEO_FLAGS = ["--video_min_pixels", "3136", "--video_total_pixels", str(3136 * 16)]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sft")
-    annotations, video_dir = make_grounding_dataset(root / "data", num_videos=4, duration=4.0, fps=4.0)
-    return root, annotations, video_dir, build_tiny_model(root / "tiny")
+    return tiny_setup(tmp_path_factory, "sft")
 
 
 def args_for(setup, output_dir, *extra):
-    _, annotations, video_dir, model = setup
-    return [
-        "--model_name_or_path", str(model),
-        "--annotation_file", str(annotations),
-        "--video_dir", str(video_dir),
-        "--output_dir", str(output_dir),
-        "--use_cpu", "true",
-        "--bf16", "false",
-        "--per_device_train_batch_size", "4",
-        "--learning_rate", "3e-3",
-        "--report_to", "none",
-        "--logging_steps", "1",
-        "--save_strategy", "no",
-        "--seed", "0",
-        *VIDEO_FLAGS,
-        *extra,
-    ]  # fmt: skip
+    return common_args(setup, output_dir, "--learning_rate", "3e-3", "--seed", "0", *extra)
 
 
 def test_answer_text_is_what_the_rewards_accept():
