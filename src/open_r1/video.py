@@ -550,7 +550,7 @@ class VideoCache:
         """Read an entry (memory-mapped). Raises :class:`CacheEntryError` if it is absent, damaged or mismatched.
 
         The header is always validated (:func:`header_problem`); the frames' checksum only with ``verify`` (default:
-        the cache's ``verify``), which reads every byte (~17 ms per entry at the paper's settings on one core).
+        the cache's ``verify``), which reads every byte (~20 ms per 13 MiB entry on one core: benchmarks/cache_checksum.py).
         """
         from safetensors import SafetensorError, safe_open
 
