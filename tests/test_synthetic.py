@@ -89,3 +89,20 @@ def test_write_video_vp9_webm(tmp_path):
 def test_write_video_rejects_bad_input(tmp_path, frames):
     with pytest.raises(ValueError):
         write_video(tmp_path / "bad.mp4", frames, fps=4)
+
+
+def test_shape_size_sets_the_share_of_the_frame_an_event_covers(tmp_path):
+    """The demo's events fill the frame (shape_size 1 on square frames); the default shape is a third of the side."""
+    covered = {}
+    for size in (1 / 3, 1.0):
+        annotation, video_dir = make_grounding_dataset(tmp_path / str(size), num_videos=1, seed=2, size=(56, 56),
+                                                       fps=2.0, shape_size=size)  # fmt: skip
+        record = json.loads(annotation.read_text())["synth_000"]
+        frames, _ = decode_all(video_dir / "synth_000.mp4")
+        color = np.array(COLORS[record["sentences"][0].split()[1]], dtype=float)
+        start = int(record["timestamps"][0][0] * 2)
+        covered[size] = (np.abs(frames[start].astype(float) - color).max(axis=-1) < 40).mean()
+    assert 0.05 < covered[1 / 3] < 0.15  # an 18 px square (or disk) of 56 x 56
+    assert covered[1.0] > 0.75  # the whole frame (a square) or the inscribed disk (pi / 4)
+    with pytest.raises(ValueError, match="shape_size"):
+        make_grounding_dataset(tmp_path / "bad", num_videos=1, shape_size=0.0, write_videos=False)

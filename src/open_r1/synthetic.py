@@ -109,6 +109,7 @@ def make_grounding_dataset(
     id_prefix: str = "synth",
     blank: bool = False,
     write_videos: bool = True,
+    shape_size: float = 1 / 3,
 ) -> tuple[Path, Path]:
     """Write ``num_videos`` synthetic videos plus a TimeZero-format annotation file.
 
@@ -131,6 +132,8 @@ def make_grounding_dataset(
         blank: write background-only videos with the same annotations (the same seed gives the same events): a
             baseline for what a model answers without seeing the events.
         write_videos: ``False`` writes the annotation file only (the same events as with videos).
+        shape_size: side of a shape as a fraction of the frame's shorter side (at least 4 pixels); 1 on square
+            frames makes a square event fill the frame.
 
     Returns:
         ``(annotation_json_path, video_dir)``.
@@ -139,8 +142,10 @@ def make_grounding_dataset(
         raise ValueError(f"events_per_video must be between 1 and {len(COLORS)} (one colour per event)")
     if min(duration if isinstance(duration, tuple) else (duration,)) * fps < 2 * fps:
         raise ValueError("duration must cover at least two seconds")
+    if not 0 < shape_size <= 1:
+        raise ValueError(f"shape_size must be in (0, 1], got {shape_size}")
     height, width = size
-    side = max(4, min(height, width) // 3)
+    side = max(4, int(min(height, width) * shape_size + 1e-9))
     out_dir = Path(out_dir)
     video_dir = out_dir / "videos"
     suffix = _CONTAINER_FOR_CODEC.get(codec, "mp4")
