@@ -23,14 +23,14 @@ def test_every_stage_is_scored_on_the_held_out_videos(demo):
     out, summary = demo
     assert json.loads((out / "summary.json").read_text()) == summary
     for stage in STAGES:
-        assert summary[stage]["num_queries"] == 48  # 24 held-out videos x 2 events
+        assert summary[stage]["num_queries"] == 48  # 48 held-out videos x 1 event
         for key in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU"):
             assert 0.0 <= summary[stage][key] <= 100.0
     assert summary["warm_start"] == str(out / "warm_start")
     assert (out / "demo_plot.png").stat().st_size > 10_000
     assert (out / "grpo" / "model.safetensors").is_file()
-    # One cache entry per video: 8 training, 24 held-out, 24 all-background copies.
-    assert len(list((out / "data" / "cache").glob("*.safetensors"))) == 8 + 24 + 24
+    # One cache entry per video: 8 training, 48 held-out, 48 all-background copies.
+    assert len(list((out / "data" / "cache").glob("*.safetensors"))) == 8 + 48 + 48
 
 
 @pytest.mark.slow

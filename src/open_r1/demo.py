@@ -1,12 +1,13 @@
 """The pipeline end to end in minutes on a CPU: synthetic videos -> preprocess -> warm start -> GRPO -> evaluate.
 
-    python -m open_r1.demo [--output_dir outputs/demo] [--seed 0] [--sft_steps 100] [--grpo_steps 20]
-    python -m open_r1.demo --warm_start DIR          # start GRPO from an earlier warm start instead
+    python -m open_r1.demo [--output_dir outputs/demo] [--seed 0] [--sft_steps 300] [--grpo_steps 60]
+    python -m open_r1.demo --warm_start bundled      # start GRPO from the shipped seed-0 warm start (~1.5 minutes)
+    python -m open_r1.demo --build_warm_start DIR    # only stages 1-3, exported to DIR (how the bundled one is made)
 
 The same code path as a real run: the preprocessing cache, the paper's prompt, the reference 3-D time positions,
 the supervised warm start (:mod:`open_r1.sft_video`), the IoU + format rewards, ``VideoGRPOTrainer`` and
 ``evaluate.py``'s loop, on a tiny Qwen2.5-VL built from the real config. The task needs the video: each clip
-(8-12 s at 2 fps) shows two coloured shapes, each for 1-3 s at its own time; the query names one ("the red square
+(8-12 s at 2 fps) shows one coloured shape as large as the frame for 1-3 s; the query names it ("the red square
 appears"). Every stage is scored on held-out videos:
 
 - ``random``: the tiny model before training; ``sft``: after the warm start; ``grpo``: after GRPO from it;
@@ -14,8 +15,7 @@ appears"). Every stage is scored on held-out videos:
   model on all-background copies of the held-out videos: what it answers without seeing the events).
 
 ``OUTPUT_DIR/summary.json`` holds each stage's R1@0.3/0.5/0.7, mIoU and query count; ``demo_plot.png`` the GRPO
-reward curve and the stages' R1-vs-threshold curves. At the default budget the tiny model learns the answer format,
-not yet where the events are: see the README for what longer runs reached.
+reward curve and the stages' R1-vs-threshold curves. The README has the three-seed table.
 """
 
 from __future__ import annotations
@@ -33,11 +33,22 @@ logger = logging.getLogger("open_r1.demo")
 
 # 2 fps and 56x56 frames: one temporal step (4 video tokens) per second of video.
 DEMO_VIDEO = {"video_fps": 2.0, "video_min_pixels": 56 * 56, "video_total_pixels": 56 * 56 * 24}
-# Two 1-3 s events per 8-12 s clip, on whole seconds: the query's colour tells which one is meant.
-DEMO_DATA = {"duration": (8, 12), "fps": 2.0, "events_per_video": 2, "event_seconds": (1, 3), "size": (48, 64)}
+# One 1-3 s event per 8-12 s clip, on whole seconds: a coloured shape as large as the frame.
+DEMO_DATA = {
+    "duration": (8, 12), "fps": 2.0, "events_per_video": 1, "event_seconds": (1, 3), "size": (56, 56),
+    "shape_size": 1.0,
+}  # fmt: skip
 # name: (videos, data seed); `--train_videos` changes the size of the training split.
-SPLITS = {"train": (64, 1), "test": (24, 2)}
+SPLITS = {"train": (256, 1), "test": (48, 2)}
 STAGES = ("random", "constant", "blank", "sft", "grpo")
+# The demo's warm start for seed 0 (300 steps), shipped so GRPO and the learning tests can start from a model that
+# reads time; `bash scripts/build_demo_warm_start.sh` rebuilds it. `--warm_start bundled` selects it.
+BUNDLED_WARM_START = Path(__file__).resolve().parent / "assets" / "demo_warm_start"
+# What a checkpoint needs to load with the model and processor (no optimizer state, no pickled arguments).
+CHECKPOINT_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", "chat_template.jinja", "processor_config.json",
+    "tokenizer.json", "tokenizer_config.json",
+)  # fmt: skip
 
 
 def make_data(out: Path, train_videos: int | None = None, data: dict | None = None) -> dict[str, Path]:
@@ -146,7 +157,16 @@ def train_warm_start(
     return out
 
 
-def train_grpo(warm_start: Path, train_annotations: Path, cache: Path, out: Path, steps: int, seed: int):
+def train_grpo(
+    warm_start: Path,
+    train_annotations: Path,
+    cache: Path,
+    out: Path,
+    steps: int,
+    seed: int,
+    learning_rate: float = 2e-4,
+    queries_per_step: int = 2,
+):
     """GRPO with the paper's rewards (IoU + format), 8 completions per query, from the warm start."""
     from trl import GRPOConfig, ModelConfig
 
@@ -157,14 +177,14 @@ def train_grpo(warm_start: Path, train_annotations: Path, cache: Path, out: Path
         output_dir=str(out),
         use_cpu=True,
         bf16=False,
-        per_device_train_batch_size=16,  # 2 queries x 8 completions
+        per_device_train_batch_size=8 * queries_per_step,  # completions
         num_generations=8,
         max_completion_length=40,
         max_steps=steps,
         beta=0.04,
         loss_type="grpo",
         use_bias_correction_kl=False,
-        learning_rate=5e-4,
+        learning_rate=learning_rate,
         lr_scheduler_type="constant",
         temperature=1.0,
         logging_steps=1,
@@ -175,6 +195,33 @@ def train_grpo(warm_start: Path, train_annotations: Path, cache: Path, out: Path
     )
     model_args = ModelConfig(model_name_or_path=str(warm_start), dtype="float32", attn_implementation="sdpa")
     return train(script_args, training_args, model_args)
+
+
+def export_checkpoint(source: Path, destination: Path) -> Path:
+    """Copy the files a checkpoint loads from (:data:`CHECKPOINT_FILES`) from ``source`` to ``destination``."""
+    import shutil
+
+    missing = [name for name in CHECKPOINT_FILES if not (Path(source) / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{source} lacks {', '.join(missing)}: not a saved checkpoint")
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in CHECKPOINT_FILES:
+        shutil.copyfile(Path(source) / name, destination / name)
+    return destination
+
+
+def build_warm_start(destination: Path, output_dir: Path, seed: int = 0, sft_steps: int = 300) -> Path:
+    """The demo's stages 1-3 (data, tiny random model, warm start), exported to ``destination``: how
+    :data:`BUNDLED_WARM_START` was made (seed 0, 300 steps)."""
+    from open_r1.modeling import build_tiny_model
+
+    output_dir = Path(output_dir)
+    splits = make_data(output_dir / "data")
+    random_dir = build_tiny_model(output_dir / "random_model", seed=seed)
+    warm = train_warm_start(random_dir, splits["train"], output_dir / "data" / "cache", output_dir / "warm_start",
+                            seed, sft_steps)  # fmt: skip
+    return export_checkpoint(warm, destination)
 
 
 def plot_demo(log_history: list[dict], records: dict[str, list[dict]], path: Path) -> Path:
@@ -213,11 +260,13 @@ def plot_demo(log_history: list[dict], records: dict[str, list[dict]], path: Pat
 def run_demo(
     output_dir: str | Path = "outputs/demo",
     seed: int = 0,
-    sft_steps: int = 100,
-    grpo_steps: int = 20,
+    sft_steps: int = 300,
+    grpo_steps: int = 60,
     warm_start: str | Path | None = None,
     train_videos: int | None = None,
     sft_batch_size: int = 16,
+    grpo_lr: float = 2e-4,
+    grpo_queries: int = 2,
 ) -> dict:
     """Run every stage; returns the summary written to ``OUTPUT_DIR/summary.json``."""
     from open_r1.evaluate import compute_metrics
@@ -243,13 +292,14 @@ def run_demo(
             random_dir, splits["train"], cache, out / "warm_start", seed, sft_steps, sft_batch_size
         )
     else:
+        warm_start = BUNDLED_WARM_START if str(warm_start) == "bundled" else warm_start
         logger.info("3/5 supervised warm start: %s", warm_start)
     warm_start = Path(warm_start)
     records["sft"] = evaluate_stage(warm_start, splits["test"], cache, out / "eval" / "sft", max_new_tokens)
     records["blank"] = evaluate_stage(warm_start, splits["blank"], cache, out / "eval" / "blank", max_new_tokens)
 
     logger.info("4/5 GRPO: %d steps, 8 completions per query, rewards iou + format", grpo_steps)
-    trainer = train_grpo(warm_start, splits["train"], cache, out / "grpo", grpo_steps, seed)
+    trainer = train_grpo(warm_start, splits["train"], cache, out / "grpo", grpo_steps, seed, grpo_lr, grpo_queries)
     (out / "grpo_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
 
     logger.info("5/5 evaluating every stage on the held-out videos")
@@ -275,16 +325,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/demo", help="Where data, cache, checkpoints and plots go.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the model, the warm start and GRPO sampling.")
-    parser.add_argument("--sft_steps", type=int, default=100, help="Warm-start steps.")
+    parser.add_argument("--sft_steps", type=int, default=300, help="Warm-start steps.")
     parser.add_argument("--sft_batch_size", type=int, default=16, help="Queries per warm-start step.")
-    parser.add_argument("--grpo_steps", type=int, default=20, help="GRPO steps (2 queries x 8 completions each).")
-    parser.add_argument("--warm_start", default=None, help="Start GRPO from this checkpoint instead of training one.")
+    parser.add_argument("--grpo_steps", type=int, default=60, help="GRPO steps (2 queries x 8 completions each).")
+    parser.add_argument("--grpo_lr", type=float, default=2e-4, help="GRPO learning rate.")
+    parser.add_argument("--grpo_queries", type=int, default=2, help="Queries per GRPO step (8 completions each).")
+    parser.add_argument("--warm_start", default=None, help="Start GRPO from this checkpoint instead of training one "
+                        "('bundled': the shipped seed-0 warm start).")  # fmt: skip
+    parser.add_argument("--build_warm_start", default=None, metavar="DIR", help="Only train the warm start (stages "
+                        "1-3, --seed, --sft_steps) under --output_dir and export the checkpoint to DIR.")  # fmt: skip
     parser.add_argument("--train_videos", type=int, default=None, help="Training videos (default 64, 2 queries each).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    if args.build_warm_start:
+        build_warm_start(Path(args.build_warm_start), Path(args.output_dir), args.seed, args.sft_steps)
+        return 0
     run_demo(
         args.output_dir, args.seed, args.sft_steps, args.grpo_steps, args.warm_start, args.train_videos,
-        args.sft_batch_size,
+        args.sft_batch_size, args.grpo_lr, args.grpo_queries,
     )  # fmt: skip
     return 0
 
