@@ -1,7 +1,7 @@
 """Does a supervised warm start make the tiny model read time from the video? One run of the README's table.
 
-    python benchmarks/warm_start_probe.py --output_dir outputs/probe --train_videos 256 --events 1 --duration 10 \
-        --steps 600 --answer_decimals 0
+    python benchmarks/warm_start_probe.py --output_dir outputs/probe --steps 300         # the demo's warm start
+    python benchmarks/warm_start_probe.py --shape_size 0.333 --size 48 64 --events 2 --answer_decimals 0  # before
 
 Writes the demo's synthetic splits (with the data options given), trains `open_r1.sft_video` from a tiny random
 Qwen2.5-VL through the demo's own functions, and scores greedy answers with evaluate.py's loop on the held-out
@@ -24,11 +24,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/warm_start_probe")
     parser.add_argument("--train_videos", type=int, default=256)
-    parser.add_argument("--events", type=int, default=2, help="Events per clip (the query names one).")
+    parser.add_argument("--events", type=int, default=1, help="Events per clip (the query names one).")
+    parser.add_argument("--shape_size", type=float, default=1.0, help="Shape side / frame side (demo: 1, the frame).")
+    parser.add_argument("--size", type=int, nargs=2, default=[56, 56], help="Frame height and width (demo: 56 56).")
     parser.add_argument("--duration", type=int, nargs="+", default=[8, 12], help="Clip seconds: one value or a range.")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--answer_decimals", type=int, default=0)
+    parser.add_argument("--answer_decimals", type=int, default=2)
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--position_layout", default="reference", choices=["reference", "transformers"])
@@ -45,8 +47,11 @@ def main() -> int:
     out = Path(args.output_dir)
     low, high = (args.duration * 2)[:2]
     splits = demo.make_data(
-        out / "data", args.train_videos, {"duration": (low, high), "events_per_video": args.events}
-    )
+        out / "data",
+        args.train_videos,
+        {"duration": (low, high), "events_per_video": args.events, "shape_size": args.shape_size,
+         "size": tuple(args.size)},
+    )  # fmt: skip
     cache = out / "data" / "cache"
     model = build_tiny_model(out / "random_model", seed=args.seed, hidden_size=args.hidden_size,
                              num_layers=args.num_layers)  # fmt: skip

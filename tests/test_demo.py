@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from open_r1.demo import STAGES, constant_predictions, make_data, run_demo
+from open_r1.demo import CHECKPOINT_FILES, STAGES, constant_predictions, export_checkpoint, make_data, run_demo
 from open_r1.evaluate import compute_metrics
 
 
@@ -42,6 +42,22 @@ def test_the_constant_baseline_is_fitted_on_training_queries_only(demo):
     assert compute_metrics(records)["mIoU"] == summary["constant"]["mIoU"]
     # Fitting on the held-out split instead can only do at least as well there.
     assert compute_metrics(constant_predictions(splits["test"], splits["test"]))["mIoU"] >= summary["constant"]["mIoU"]
+
+
+@pytest.mark.slow
+def test_an_exported_warm_start_keeps_only_what_loads_and_trains_on(demo, tmp_path):
+    """How the bundled warm start is made: the trainer's folder minus its pickled arguments; GRPO starts from it."""
+    from open_r1.modeling import load_model
+
+    out, _ = demo
+    assert (out / "warm_start" / "training_args.bin").is_file()
+    exported = export_checkpoint(out / "warm_start", tmp_path / "export")
+    assert sorted(p.name for p in exported.iterdir()) == sorted(CHECKPOINT_FILES)
+    original = load_model(out / "warm_start", attn_implementation="sdpa", dtype="float32").state_dict()
+    copy = load_model(exported, attn_implementation="sdpa", dtype="float32").state_dict()
+    assert all(original[name].equal(copy[name]) for name in original)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        export_checkpoint(out / "data", tmp_path / "not_a_checkpoint")
 
 
 def test_blank_videos_keep_the_held_out_queries(tmp_path):
