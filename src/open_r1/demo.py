@@ -1,7 +1,7 @@
 """The pipeline end to end in minutes on a CPU: synthetic videos -> preprocess -> warm start -> GRPO -> evaluate.
 
     python -m open_r1.demo [--output_dir outputs/demo] [--seed 0] [--sft_steps 300] [--grpo_steps 60]
-    python -m open_r1.demo --warm_start bundled      # start GRPO from the shipped seed-0 warm start (~1.5 minutes)
+    python -m open_r1.demo --warm_start bundled      # start GRPO from the shipped seed-0 warm start (~1 minute)
     python -m open_r1.demo --build_warm_start DIR    # only stages 1-3, exported to DIR (how the bundled one is made)
 
 The same code path as a real run: the preprocessing cache, the paper's prompt, the reference 3-D time positions,
@@ -327,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the model, the warm start and GRPO sampling.")
     parser.add_argument("--sft_steps", type=int, default=300, help="Warm-start steps.")
     parser.add_argument("--sft_batch_size", type=int, default=16, help="Queries per warm-start step.")
-    parser.add_argument("--grpo_steps", type=int, default=60, help="GRPO steps (2 queries x 8 completions each).")
+    parser.add_argument(
+        "--grpo_steps", type=int, default=60, help="GRPO steps (--grpo_queries queries x 8 completions each)."
+    )
     parser.add_argument("--grpo_lr", type=float, default=2e-4, help="GRPO learning rate.")
     parser.add_argument("--grpo_queries", type=int, default=2, help="Queries per GRPO step (8 completions each).")
     parser.add_argument("--warm_start", default=None, help="Start GRPO from this checkpoint instead of training one "
