@@ -77,18 +77,13 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_launcher_runs_the_demo_recipe_on_a_cpu(tmp_path):
     """`RECIPE=recipes/demo/grpo_tiny.yaml bash scripts/run_grpo_video.sh` from a folder laid out like the demo's
     output: one process, no DeepSpeed, fp32, sdpa, nothing reported; 2 steps, then a checkpoint evaluation can load."""
-    from open_r1.configs import VideoArguments
-    from open_r1.demo import DEMO_DATA, DEMO_VIDEO
+    from open_r1.demo import make_split
     from open_r1.modeling import build_tiny_model
-    from open_r1.preprocess import preprocess_videos
-    from open_r1.synthetic import make_grounding_dataset
 
     demo = tmp_path / "outputs" / "demo"
     build_tiny_model(demo / "warm_start")
-    annotations, videos = make_grounding_dataset(demo / "data" / "train", 2, seed=1, id_prefix="train", **DEMO_DATA)
+    annotations = make_split(demo / "data" / "train", 2, 1, "train", demo / "data" / "cache")
     assert annotations == demo / "data" / "train" / "annotations.json"
-    preprocess_videos({p.stem: p for p in videos.glob("*.mp4")}, demo / "data" / "cache",
-                      VideoArguments(**DEMO_VIDEO).to_settings(), progress=False)  # fmt: skip
     env = {**os.environ, "RECIPE": str(REPO / "recipes" / "demo" / "grpo_tiny.yaml"), "OMP_NUM_THREADS": "2"}
     for name in ("GPUS_PER_NODE", "DEEPSPEED_CONFIG", "WANDB_MODE", "CUDA_VISIBLE_DEVICES"):
         env.pop(name, None)

@@ -11,13 +11,11 @@ rate, assumes 24 fps and puts the frames 1/12 s apart instead of 1 s.
 """
 
 from pathlib import Path
+from statistics import mean
 
 import pytest
 
 from open_r1 import demo, modeling
-from open_r1.configs import VideoArguments
-from open_r1.preprocess import preprocess_videos
-from open_r1.synthetic import make_grounding_dataset
 
 STEPS, QUERIES, LEARNING_RATE = 16, 4, 1e-3
 
@@ -26,18 +24,11 @@ def iou_curve(trainer) -> list[float]:
     return [entry["rewards/iou_reward/mean"] for entry in trainer.state.log_history if "reward" in entry]
 
 
-def mean(values):
-    return sum(values) / len(values)
-
-
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory) -> tuple[Path, Path]:
     """4 held-out-style videos of the demo's task (data seed 3; the demo trains on seed 1), cached."""
     out = tmp_path_factory.mktemp("learning")
-    annotations, videos = make_grounding_dataset(out / "batch", QUERIES, seed=3, id_prefix="learn", **demo.DEMO_DATA)
-    preprocess_videos({p.stem: p for p in videos.glob("*.mp4")}, out / "cache",
-                      VideoArguments(**demo.DEMO_VIDEO).to_settings(), progress=False)  # fmt: skip
-    return annotations, out / "cache"
+    return demo.make_split(out / "batch", QUERIES, 3, "learn", out / "cache"), out / "cache"
 
 
 def run_grpo(batch, out: Path) -> list[float]:

@@ -51,29 +51,33 @@ CHECKPOINT_FILES = (
 )  # fmt: skip
 
 
-def make_data(out: Path, train_videos: int | None = None, data: dict | None = None) -> dict[str, Path]:
-    """Write and cache the videos; returns annotation files: ``train``, ``test`` and ``blank`` (the held-out queries
-    on all-background copies of the held-out videos). ``data`` overrides entries of :data:`DEMO_DATA`."""
-    data = {**DEMO_DATA, **(data or {})}
+def make_split(
+    out: Path, num_videos: int, seed: int, id_prefix: str, cache: Path, data: dict | None = None, blank: bool = False
+) -> Path:
+    """Write ``num_videos`` videos of the demo's task to ``out`` (``data`` overrides entries of :data:`DEMO_DATA`)
+    and cache them in ``cache`` at the demo's video settings; returns the annotation file."""
     from open_r1.data import find_video, load_annotations
     from open_r1.preprocess import preprocess_videos
     from open_r1.synthetic import make_grounding_dataset
 
-    settings = VideoArguments(**DEMO_VIDEO).to_settings()
+    annotation_file, video_dir = make_grounding_dataset(out, num_videos, seed=seed, id_prefix=id_prefix, blank=blank,
+                                                        **{**DEMO_DATA, **(data or {})})  # fmt: skip
+    videos = {row["video_id"]: find_video(video_dir, row["video_id"]) for row in load_annotations(annotation_file)}
+    preprocess_videos(videos, cache, settings=VideoArguments(**DEMO_VIDEO).to_settings(), progress=False)
+    return annotation_file
+
+
+def make_data(out: Path, train_videos: int | None = None, data: dict | None = None) -> dict[str, Path]:
+    """Write and cache the videos; returns annotation files: ``train``, ``test`` and ``blank`` (the held-out queries
+    on all-background copies of the held-out videos). ``data`` overrides entries of :data:`DEMO_DATA`."""
     default_train, train_seed = SPLITS["train"]
     test_videos, test_seed = SPLITS["test"]
-    splits = {
-        "train": make_grounding_dataset(out / "train", train_videos or default_train, seed=train_seed,
-                                        id_prefix="train", **data)[0],
-        "test": make_grounding_dataset(out / "test", test_videos, seed=test_seed, id_prefix="test", **data)[0],
-        "blank": make_grounding_dataset(out / "blank", test_videos, seed=test_seed, id_prefix="blank", blank=True,
-                                        **data)[0],
-    }  # fmt: skip
-    for annotation_file in splits.values():
-        rows = load_annotations(annotation_file)
-        videos = {row["video_id"]: find_video(annotation_file.parent / "videos", row["video_id"]) for row in rows}
-        preprocess_videos(videos, out / "cache", settings=settings, progress=False)
-    return splits
+    cache = out / "cache"
+    return {
+        "train": make_split(out / "train", train_videos or default_train, train_seed, "train", cache, data),
+        "test": make_split(out / "test", test_videos, test_seed, "test", cache, data),
+        "blank": make_split(out / "blank", test_videos, test_seed, "blank", cache, data, blank=True),
+    }
 
 
 def constant_predictions(train_annotations: Path, test_annotations: Path) -> list[dict]:
@@ -164,8 +168,8 @@ def train_grpo(
     out: Path,
     steps: int,
     seed: int,
-    learning_rate: float = 2e-4,
-    queries_per_step: int = 2,
+    learning_rate: float,
+    queries_per_step: int,
 ):
     """GRPO with the paper's rewards (IoU + format), 8 completions per query, from the warm start."""
     from trl import GRPOConfig, ModelConfig
