@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from open_r1.demo import CHECKPOINT_FILES, STAGES, constant_predictions, export_checkpoint, make_data, run_demo
+from open_r1.demo import (
+    CHECKPOINT_FILES,
+    STAGES,
+    constant_predictions,
+    export_checkpoint,
+    make_data,
+    paired_change,
+    reward_trend,
+    run_demo,
+)
 from open_r1.evaluate import compute_metrics
 
 
@@ -27,6 +36,10 @@ def test_every_stage_is_scored_on_the_held_out_videos(demo):
         for key in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU"):
             assert 0.0 <= summary[stage][key] <= 100.0
     assert summary["warm_start"] == str(out / "warm_start")
+    change = summary["grpo_vs_sft"]["mIoU_change"]  # the mean per-query change is the change of mIoU
+    assert change["num_queries"] == 48
+    assert abs(change["mean"] - (summary["grpo"]["mIoU"] - summary["sft"]["mIoU"])) <= 0.02
+    assert summary["grpo_vs_sft"]["train_iou_reward"]["window"] == 2  # both GRPO steps
     assert (out / "demo_plot.png").stat().st_size > 10_000
     assert (out / "grpo" / "model.safetensors").is_file()
     # One cache entry per video: 8 training, 48 held-out, 48 all-background copies.
@@ -58,6 +71,16 @@ def test_an_exported_warm_start_keeps_only_what_loads_and_trains_on(demo, tmp_pa
     assert all(original[name].equal(copy[name]) for name in original)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         export_checkpoint(out / "data", tmp_path / "not_a_checkpoint")
+
+
+def test_paired_change_and_reward_trend():
+    before = [{"query_id": "a", "iou": 0.0}, {"query_id": "b", "iou": 0.5}, {"query_id": "c", "error": "no parse"}]
+    after = [{"query_id": "c", "iou": 0.25}, {"query_id": "a", "iou": 1.0}, {"query_id": "b", "iou": 0.5}]
+    # Changes 25, 100, 0 points: mean 41.67, sample standard deviation 52.04, over sqrt(3).
+    assert paired_change(before, after) == {"mean": 41.67, "standard_error": 30.05, "num_queries": 3}
+    log = [{"rewards/iou_reward/mean": value, "step": step} for step, value in enumerate([0.1, 0.2, 0.3, 0.5], 1)]
+    assert reward_trend(log + [{"train_loss": 1.0}], window=2) == {"first": 0.15, "last": 0.4, "window": 2}
+    assert reward_trend(log, window=20) == {"first": 0.275, "last": 0.275, "window": 4}
 
 
 def test_blank_videos_keep_the_held_out_queries(tmp_path):
