@@ -24,12 +24,10 @@ from pathlib import Path
 
 
 def main() -> int:
+    from open_r1 import demo
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", default="outputs/video_use_probe")
-    parser.add_argument("--train_videos", type=int, default=256)
-    parser.add_argument("--events", type=int, default=1, help="Events per clip (the query names one).")
-    parser.add_argument("--shape_size", type=float, default=1.0, help="Shape side / frame side (demo: 1).")
-    parser.add_argument("--size", type=int, nargs=2, default=[56, 56], help="Frame height and width (demo: 56 56).")
+    demo.add_task_arguments(parser, "outputs/video_use_probe")
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--eval_every", type=int, default=250)
     parser.add_argument("--answer_decimals", type=int, default=2)
@@ -39,7 +37,7 @@ def main() -> int:
 
     import torch
 
-    from open_r1 import demo, modeling
+    from open_r1 import modeling
     from open_r1.configs import VideoArguments
     from open_r1.data import load_annotations
     from open_r1.sft_video import SFTScriptArguments, VideoSFTCollator, build_dataset
@@ -48,8 +46,7 @@ def main() -> int:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     out = Path(args.output_dir)
-    data = {"events_per_video": args.events, "shape_size": args.shape_size, "size": tuple(args.size)}
-    splits = demo.make_data(out / "data", args.train_videos, data)
+    splits = demo.make_data(out / "data", args.train_videos, demo.task_data(args))
     model_dir = modeling.build_tiny_model(out / "random_model", seed=args.seed)
     model = modeling.load_model(model_dir, attn_implementation="sdpa", dtype=torch.float32)
     processor = modeling.load_processor(model_dir)
@@ -83,7 +80,7 @@ def main() -> int:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))
     started, result = time.perf_counter(), {"args": vars(args), "evals": []}
     for step in range(1, args.steps + 1):
-        loss = forward(collate(rng.sample(rows["train"], 16))).loss
+        loss = forward(collate(rng.sample(rows["train"], min(16, len(rows["train"]))))).loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -21,13 +21,10 @@ from pathlib import Path
 
 
 def main() -> int:
+    from open_r1 import demo
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", default="outputs/warm_start_probe")
-    parser.add_argument("--train_videos", type=int, default=256)
-    parser.add_argument("--events", type=int, default=1, help="Events per clip (the query names one).")
-    parser.add_argument("--shape_size", type=float, default=1.0, help="Shape side / frame side (demo: 1, the frame).")
-    parser.add_argument("--size", type=int, nargs=2, default=[56, 56], help="Frame height and width (demo: 56 56).")
-    parser.add_argument("--duration", type=int, nargs="+", default=[8, 12], help="Clip seconds: one value or a range.")
+    demo.add_task_arguments(parser, "outputs/warm_start_probe")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--answer_decimals", type=int, default=2)
@@ -39,19 +36,12 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
 
-    from open_r1 import demo
     from open_r1.evaluate import compute_metrics
     from open_r1.modeling import build_tiny_model
 
     started = time.perf_counter()
     out = Path(args.output_dir)
-    low, high = (args.duration * 2)[:2]
-    splits = demo.make_data(
-        out / "data",
-        args.train_videos,
-        {"duration": (low, high), "events_per_video": args.events, "shape_size": args.shape_size,
-         "size": tuple(args.size)},
-    )  # fmt: skip
+    splits = demo.make_data(out / "data", args.train_videos, demo.task_data(args))
     cache = out / "data" / "cache"
     model = build_tiny_model(out / "random_model", seed=args.seed, hidden_size=args.hidden_size,
                              num_layers=args.num_layers)  # fmt: skip

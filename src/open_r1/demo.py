@@ -51,6 +51,27 @@ CHECKPOINT_FILES = (
 )  # fmt: skip
 
 
+def add_task_arguments(parser: argparse.ArgumentParser, output_dir: str) -> None:
+    """Flags that change the demo's synthetic task, defaulting to it (for the probes in benchmarks/); read them back
+    with :func:`task_data`."""
+    parser.add_argument("--output_dir", default=output_dir)
+    parser.add_argument("--train_videos", type=int, default=SPLITS["train"][0])
+    parser.add_argument("--events", type=int, default=DEMO_DATA["events_per_video"],
+                        help="Events per clip (the query names one).")  # fmt: skip
+    parser.add_argument("--shape_size", type=float, default=DEMO_DATA["shape_size"],
+                        help="Shape side / the frame's shorter side.")  # fmt: skip
+    parser.add_argument("--size", type=int, nargs=2, default=list(DEMO_DATA["size"]), help="Frame height and width.")
+    parser.add_argument("--duration", type=int, nargs="+", default=list(DEMO_DATA["duration"]),
+                        help="Clip seconds: one value or a range.")  # fmt: skip
+
+
+def task_data(args: argparse.Namespace) -> dict:
+    """The :data:`DEMO_DATA` overrides given by the flags of :func:`add_task_arguments`."""
+    low, high = (args.duration * 2)[:2]
+    return {"duration": (low, high), "events_per_video": args.events, "shape_size": args.shape_size,
+            "size": tuple(args.size)}  # fmt: skip
+
+
 def make_split(
     out: Path, num_videos: int, seed: int, id_prefix: str, cache: Path, data: dict | None = None, blank: bool = False
 ) -> Path:
