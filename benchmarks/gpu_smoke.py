@@ -1,7 +1,7 @@
 """GPU smoke test and step benchmark (run through benchmarks/gpu_smoke.sh).
 
 Stage ``tiny``: the pipeline on CUDA in bf16 with sdpa: synthetic clips written to a video cache, a tiny random
-Qwen2.5-VL, GRPO steps through ``open_r1.grpo_video.main``, then ``open_r1.evaluate.run_evaluation`` on the checkpoint.
+Qwen2.5-VL, GRPO steps through ``open_r1.grpo_video.main``, then ``open_r1.evaluation.run_evaluation`` on the checkpoint.
 The clips are drawn in memory and cached directly, so no video codec wheel is needed on the GPU machine.
 
 Stage ``7b``: GRPO steps of the real Qwen2.5-VL-7B architecture (random weights from the bundled config) at the
@@ -143,7 +143,7 @@ def stage_tiny(out: Path) -> dict:
     from trl import GRPOConfig, ModelConfig
 
     from open_r1.configs import EvalArguments
-    from open_r1.evaluate import run_evaluation
+    from open_r1.evaluation import run_evaluation
     from open_r1.grpo_video import main as train
     from open_r1.modeling import build_tiny_model
 

@@ -122,14 +122,14 @@ def measure(model_dir, out, clips, completion_tokens, shared) -> dict[str, dict[
 def evaluation_batch(model_dir: Path, clips: dict) -> dict[bool, float]:
     """Vision patches for one evaluation batch of 8 queries over 3 videos (Charades-STA test: 2.8 per video)."""
     from open_r1.configs import EvalArguments
-    from open_r1.evaluate import _Generator
+    from open_r1.evaluation import BatchGenerator
     from open_r1.positions import inner_vlm
 
     queries = [{"query": f"event {i}", "video_id": f"v{i % 3}"} for i in range(8)]
     patches = {}
     for shared in (False, True):
         args = EvalArguments(model_base=str(model_dir), cache_dir="unused", max_new_tokens=4, shared_work=shared)
-        generator = _Generator(args, torch.device("cpu"))
+        generator = BatchGenerator(args, torch.device("cpu"))
         seen: list[int] = []
         tower = inner_vlm(generator.model).visual
         hook = tower.blocks[0].register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0].shape[0]))

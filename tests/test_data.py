@@ -8,7 +8,6 @@ import pytest
 from open_r1.data import (
     ANNOTATIONS_DIR,
     DATASETS,
-    find_video,
     load_annotations,
     load_split,
     normalize_query,
@@ -261,17 +260,3 @@ def test_bundled_paths_live_inside_the_package():
             path = split_path(name, split)
             assert path.is_file() and ANNOTATIONS_DIR in path.parents
     assert "shared" not in ANNOTATIONS_DIR.parts
-
-
-def test_find_video(tmp_path):
-    (tmp_path / "AO8RW.mp4").touch()
-    (tmp_path / "uqiMw7tQ1Cc.webm").touch()  # ActivityNet download named without the v_ prefix
-    (tmp_path / "v_abc.mkv").touch()
-    (tmp_path / "both.avi").touch()
-    (tmp_path / "both.mp4").touch()
-    assert find_video(tmp_path, "AO8RW") == tmp_path / "AO8RW.mp4"
-    assert find_video(tmp_path, "v_uqiMw7tQ1Cc") == tmp_path / "uqiMw7tQ1Cc.webm"
-    assert find_video(str(tmp_path), "abc") == tmp_path / "v_abc.mkv"
-    assert find_video(tmp_path, "both") == tmp_path / "both.mp4"  # .mp4 preferred
-    assert find_video(tmp_path, "missing") is None
-    assert find_video(tmp_path / "no_such_dir", "AO8RW") is None

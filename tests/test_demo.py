@@ -17,7 +17,7 @@ from open_r1.demo import (
     reward_trend,
     run_demo,
 )
-from open_r1.evaluate import compute_metrics
+from open_r1.evaluation import compute_metrics
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ warm start, rebuilt by ``scripts/build_demo_warm_start.sh``) and run ``VideoGRPO
 videos the warm start never saw, every step on the same 4 queries. The trainer logs the mean IoU reward of each
 step's 32 sampled completions, taken before that step's update, so the log is the learning curve on the batch.
 
-The control breaks the time positions the way NOTES.md warns about: the processor is not told the clips' sampling
-rate, assumes 24 fps and puts the frames 1/12 s apart instead of 1 s.
+The control breaks the time positions (docs/training.md, "Faithful to the paper"): the processor is not told the
+clips' sampling rate, assumes 24 fps and puts the frames 1/12 s apart instead of 1 s.
 """
 
 from pathlib import Path

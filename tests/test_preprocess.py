@@ -9,19 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from _video_utils import REAL_VIDEOS, make_clip
+from _video_utils import REAL_VIDEOS, SMALL_SETTINGS, make_clip, random_frames
 
 from open_r1 import preprocess
 from open_r1.configs import VideoSettings
 from open_r1.preprocess import (
     MANIFEST_NAME,
+    default_num_workers,
     main,
     parse_int_expression,
     preprocess_videos,
     read_manifest,
     video_ids_from_sources,
 )
-from open_r1.synthetic import make_grounding_dataset
+from open_r1.synthetic import make_grounding_dataset, write_video
 from open_r1.video import VideoCache, decode_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,3 +221,13 @@ def test_one_spelling_of_the_video_flags_everywhere():
         (evaluation,) = TrlParser((EvalArguments,)).parse_args_and_config(args=normalized + ["--model_base", "m"])
         for args in (train, evaluation):
             assert args.to_settings() == VideoSettings(fps=1.0, total_pixels=64 * 28 * 28, min_pixels=4 * 28 * 28)
+
+
+def test_default_worker_count_fits_the_memory(tmp_path):
+    assert default_num_workers(cpus=16, memory=64 * 2**30) == 8
+    assert default_num_workers(cpus=16, memory=4 * 2**30) == 2
+    assert default_num_workers(cpus=16, memory=2**20) == 1
+    assert default_num_workers(cpus=2, memory=64 * 2**30) == 2
+    write_video(tmp_path / "videos" / "a.mp4", random_frames(8), 4.0)
+    summary = preprocess_videos({"a": tmp_path / "videos" / "a.mp4"}, tmp_path / "c", SMALL_SETTINGS, progress=False)
+    assert summary.peak_worker_rss_mb > 50 and "peak memory per worker" in summary.describe()

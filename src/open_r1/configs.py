@@ -141,7 +141,7 @@ class VideoDataArguments(VideoArguments):
 
 @dataclass
 class EvalArguments(VideoDataArguments):
-    """Flags of ``evaluate.py`` / :func:`open_r1.evaluate.run_evaluation` (video flags inherited, same as training)."""
+    """Flags of ``evaluate.py`` / :func:`open_r1.evaluation.run_evaluation` (video flags inherited, same as training)."""
 
     model_base: str | None = field(
         default=None, metadata={"help": "Checkpoint folder (model + processor saved with save_pretrained) or hub id."}

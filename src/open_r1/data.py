@@ -94,7 +94,6 @@ DATASETS: dict[str, dict[str, str]] = {
 TRAIN_SPLITS = frozenset({"train"})
 """Splits that :func:`load_split` may filter (zero-length segments); every other split keeps all its queries."""
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
 _TALL_LINE = re.compile(r"^(?P<vid>\S+)\s+(?P<start>\S+)\s+(?P<end>\S+)\s*##(?P<sentence>.*)$")
 _WHITESPACE = re.compile(r"\s+")
@@ -422,25 +421,3 @@ def load_split(
     elif drop_zero_length and split not in TRAIN_SPLITS:
         raise ValueError(f"{dataset}/{split} is an evaluation split: every query is kept (official counts)")
     return load_annotations(path, drop_zero_length=drop_zero_length, return_stats=return_stats)
-
-
-def find_video(video_dir: str | Path, video_id: str) -> Path | None:
-    """Path of ``video_id``'s file in ``video_dir`` or None.
-
-    Tries the extensions in :data:`VIDEO_EXTENSIONS` (in that order) and, for ActivityNet, the id with and without
-    its ``v_`` prefix (annotations say ``v_abc``, downloads are often named ``abc.mp4``, and the reverse). The id
-    must be a plain file name (:func:`open_r1.video.check_video_id` raises ``InvalidVideoId`` otherwise), so the path
-    never leaves ``video_dir``. A broken symlink or a symlink loop is returned too, so that decoding names the problem
-    instead of "not found".
-    """
-    from open_r1.video import check_video_id
-
-    video_dir = Path(video_dir)
-    check_video_id(video_id)
-    other = video_id[2:] if video_id.startswith("v_") else f"v_{video_id}"
-    for name in [video_id] + ([other] if other and not other.startswith(".") else []):
-        for extension in VIDEO_EXTENSIONS:
-            candidate = video_dir / f"{name}{extension}"
-            if candidate.is_file() or candidate.is_symlink():
-                return candidate
-    return None

@@ -77,9 +77,10 @@ def make_split(
 ) -> Path:
     """Write ``num_videos`` videos of the demo's task to ``out`` (``data`` overrides entries of :data:`DEMO_DATA`)
     and cache them in ``cache`` at the demo's video settings; returns the annotation file."""
-    from open_r1.data import find_video, load_annotations
+    from open_r1.data import load_annotations
     from open_r1.preprocess import preprocess_videos
     from open_r1.synthetic import make_grounding_dataset
+    from open_r1.video import find_video
 
     annotation_file, video_dir = make_grounding_dataset(out, num_videos, seed=seed, id_prefix=id_prefix, blank=blank,
                                                         **{**DEMO_DATA, **(data or {})})  # fmt: skip
@@ -104,7 +105,7 @@ def make_data(out: Path, train_videos: int | None = None, data: dict | None = No
 def constant_predictions(train_annotations: Path, test_annotations: Path) -> list[dict]:
     """The single span (on a 0.5 s grid) with the best mean IoU on the training split, answered for every test query."""
     from open_r1.data import load_annotations
-    from open_r1.evaluate import score_output
+    from open_r1.evaluation import score_output
     from open_r1.grounding import temporal_iou
 
     train = load_annotations(train_annotations)
@@ -127,8 +128,8 @@ def constant_predictions(train_annotations: Path, test_annotations: Path) -> lis
 def evaluate_stage(
     model_dir: Path, annotations: Path, cache: Path, out: Path, max_new_tokens: int, position_layout: str = "reference"
 ) -> list[dict]:
-    """Greedy evaluation with evaluate.py's loop; returns the prediction records."""
-    from open_r1.evaluate import read_predictions, run_evaluation
+    """Greedy evaluation with the evaluation loop (:func:`open_r1.evaluation.run_evaluation`); returns the prediction records."""
+    from open_r1.evaluation import read_predictions, run_evaluation
 
     metrics = run_evaluation(
         EvalArguments(
@@ -256,7 +257,7 @@ def plot_demo(log_history: list[dict], records: dict[str, list[dict]], path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from open_r1.evaluate import recall_at, record_iou
+    from open_r1.evaluation import recall_at, record_iou
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [e for e in log_history if "reward" in e]
@@ -287,7 +288,7 @@ def paired_change(before: list[dict], after: list[dict]) -> dict:
     of mIoU) and the mean's standard error, which says how much of the change 48 queries can resolve."""
     from statistics import mean, stdev
 
-    from open_r1.evaluate import record_iou
+    from open_r1.evaluation import record_iou
 
     iou = {record["query_id"]: record_iou(record) for record in before}
     changes = [100 * (record_iou(record) - iou[record["query_id"]]) for record in after]
@@ -316,7 +317,7 @@ def run_demo(
     grpo_queries: int = 2,
 ) -> dict:
     """Run every stage; returns the summary written to ``OUTPUT_DIR/summary.json``."""
-    from open_r1.evaluate import compute_metrics
+    from open_r1.evaluation import compute_metrics
     from open_r1.modeling import build_tiny_model
 
     out = Path(output_dir)

@@ -82,7 +82,7 @@ def video_durations_from_sources(sources: list[str]) -> dict[str, float | None]:
 
 def video_ids_in_folder(video_dir) -> list[str]:
     """Stems of the video files in ``video_dir``; hidden files (``.x.mp4``, macOS ``._x.mp4``) are skipped."""
-    from open_r1.data import VIDEO_EXTENSIONS
+    from open_r1.video import VIDEO_EXTENSIONS
 
     names = [path for path in Path(video_dir).iterdir() if path.suffix.lower() in VIDEO_EXTENSIONS]
     hidden = [path.name for path in names if path.name.startswith(".")]
@@ -641,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         min_pixels=args.video_min_pixels,
         max_frames=args.video_max_frames,
     )
-    from open_r1.data import find_video
+    from open_r1.video import find_video
 
     if args.verify:
         ids = video_ids_from_sources(args.sources) if args.sources else None

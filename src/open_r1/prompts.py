@@ -2,7 +2,7 @@
 
 The released TimeZero checkpoints were trained on `QUESTION_TEMPLATE` verbatim: a single user message in which
 `[EVENT]` is replaced by the normalised query and the text comes before the video. Changing a character here changes
-what the model sees, so both `grpo_video.py` and `evaluate.py` build their messages through `build_conversation`.
+what the model sees, so both `grpo_video.py` and `evaluation/runner.py` build their messages through `build_conversation`.
 """
 
 from open_r1.data import normalize_query

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from open_r1 import evaluate as ev
 from open_r1.configs import EvalArguments
+from open_r1.evaluation import runner as ev
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIDEO = {"video_fps": 1.0, "video_total_pixels": 8 * 28 * 28 * 4, "video_min_pixels": 28 * 28}
@@ -112,14 +112,14 @@ def test_kill_and_resume_gives_identical_metrics_and_no_duplicates(setup, full_r
         f.write('{"video_id": "synth_001", "query_id": "synth_001#1", "query": "the')
 
     generated = []
-    real_generator = ev._Generator
+    real_generator = ev.BatchGenerator
 
     class CountingGenerator(real_generator):
         def __call__(self, queries, clips):
             generated.extend(q["query_id"] for q in queries)
             return super().__call__(queries, clips)
 
-    monkeypatch.setattr(ev, "_Generator", CountingGenerator)
+    monkeypatch.setattr(ev, "BatchGenerator", CountingGenerator)
     metrics = ev.run_evaluation(make_args(setup, "resume"))
     records = path.read_text().splitlines()
     assert len(records) == NUM_QUERIES and records[:3] == first
@@ -158,7 +158,7 @@ class OracleGenerator:
 
 
 def test_loop_scores_answers_and_isolates_a_failing_query(setup, monkeypatch):
-    monkeypatch.setattr(ev, "_Generator", OracleGenerator)
+    monkeypatch.setattr(ev, "BatchGenerator", OracleGenerator)
     metrics = ev.run_evaluation(dataclasses.asdict(make_args(setup, "oracle")))  # the demo passes a plain dict
     # 8 queries: 4 exact, 1 at IoU 0.5, 1 generation error (its batch is retried query by query), 2 video failures.
     assert metrics["failures"] == {"no_answer": 0, "missing_video": 1, "decode_error": 1, "generation_error": 1}
@@ -171,8 +171,7 @@ def test_loop_scores_answers_and_isolates_a_failing_query(setup, monkeypatch):
 
 
 def test_reads_the_preprocessing_cache_without_videos(setup, full_run):
-    from open_r1.data import find_video
-    from open_r1.video import VideoCache, decode_video
+    from open_r1.video import VideoCache, decode_video, find_video
 
     args = make_args(setup, "cached", video_dir=None, cache_dir=str(setup["root"] / "cache"))
     settings = args.to_settings()
@@ -204,7 +203,7 @@ def test_vision_tokens_are_never_generated(setup, tmp_path):
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
     args = make_args(setup, "suppress", model_base=str(tmp_path / "model"))
-    generator = ev._Generator(args, torch.device("cpu"))
+    generator = ev.BatchGenerator(args, torch.device("cpu"))
     clip = VideoSource(args.to_settings(), video_dir=setup["video_dir"]).get("synth_000")
     from open_r1.modeling import encode_batch
     from open_r1.prompts import build_conversation
@@ -307,13 +306,13 @@ def test_shared_work_encodes_each_video_once_with_the_same_predictions(setup, fu
 
 def test_missing_videos_stop_the_run_before_the_model_loads(setup, monkeypatch, tmp_path):
     """A misspelled cache or a cache built at other settings: counts, first ids and the settings, no model loaded."""
+    from open_r1.configs import VideoSettings
     from open_r1.preprocess import preprocess_videos
-    from open_r1.video import VideoSettings
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(ev, "_load_model", no_model)
+    monkeypatch.setattr(ev, "load_eval_model", no_model)
     with pytest.raises(FileNotFoundError, match=r"1 of 5 videos \(1 of 8 queries\).*first missing: ghost"):
         ev.run_evaluation(make_args(setup, "refuse", allow_missing_videos=False))
     # Only a cache, built at 2 fps while this run asks for TINY_VIDEO's 1 fps.

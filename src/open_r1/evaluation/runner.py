@@ -1,0 +1,421 @@
+"""The evaluation run: queries -> model -> batched generation -> scored records, sharded under torchrun, resumable."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from open_r1.configs import EvalArguments
+from open_r1.data import DATASETS, load_annotations, load_split, split_path
+from open_r1.evaluation.metrics import IOU_TIE_EPS, compute_metrics, record_iou, score_output
+from open_r1.evaluation.plots import plot_predictions
+from open_r1.evaluation.predictions import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    PREDICTIONS_FILE,
+    merge_predictions,
+    read_predictions,
+    record_key,
+    rescore_predictions,
+    shard_paths,
+    write_json_atomic,
+)
+from open_r1.jsonl import repair_tail
+
+logger = logging.getLogger(__name__)
+
+# Each split's default when --split is not given: the split the paper (or the benchmark's authors) report.
+DEFAULT_SPLITS = {
+    "charades": "test",
+    "activitynet": "val_2",
+    "charades_cd": "test_ood",
+    "charades_cg": "novel_composition",
+}
+
+
+def resolve_queries(args: EvalArguments) -> tuple[list[dict[str, Any]], str]:
+    """The query rows to evaluate and the run's name (``<dataset>_<split>`` or the annotation file's stem).
+
+    Unknown dataset or split names raise ``ValueError`` listing the valid ones before anything heavy happens.
+    """
+    if args.annotation_file is not None:
+        rows = load_annotations(args.annotation_file)
+        name = Path(args.annotation_file).stem
+    else:
+        split = args.split or DEFAULT_SPLITS.get(args.dataset) or next(iter(DATASETS.get(args.dataset, {})), "")
+        split_path(args.dataset, split)  # unknown names raise here, listing the valid ones
+        rows = load_split(args.dataset, split)
+        name = f"{args.dataset}_{split}"
+    if args.max_queries is not None:
+        rows = rows[: args.max_queries]
+    return rows, name
+
+
+def default_output_dir(args: EvalArguments, name: str) -> Path:
+    model_name = Path(str(args.model_base).rstrip("/")).name or "model"
+    return Path("outputs") / "eval" / model_name / (name + ("_no_think" if args.no_think else ""))
+
+
+def _run_config(args: EvalArguments, name: str) -> dict[str, Any]:
+    """The settings that change predictions; a resume must match them (batch size, paths of videos do not)."""
+    return {
+        "model_base": str(args.model_base),
+        "run": name,
+        "annotation_file": args.annotation_file,
+        "no_think": args.no_think,
+        "video_first": args.video_first,
+        "video_settings": dataclasses.asdict(args.to_settings()),
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.do_sample,
+        "temperature": args.temperature if args.do_sample else None,
+        "repetition_penalty": args.repetition_penalty,
+        "position_layout": args.position_layout,
+    }
+
+
+def _dist_info() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _prepare_output_dir(output_dir: Path, config: dict[str, Any], overwrite: bool, rank: int, world: int) -> None:
+    """Rank 0 creates (or clears) the folder and checks that a resume continues the same run."""
+    if rank == 0:
+        if overwrite and output_dir.exists():
+            for path in [output_dir / PREDICTIONS_FILE, *shard_paths(output_dir), output_dir / METRICS_FILE]:
+                path.unlink(missing_ok=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config_path = output_dir / CONFIG_FILE
+        if config_path.exists() and not overwrite:
+            previous = json.loads(config_path.read_text(encoding="utf-8"))
+            if previous != config:
+                changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+                raise ValueError(
+                    f"{output_dir} holds predictions of another run (differs in {', '.join(changed)}); "
+                    "pass --overwrite or another --output_dir"
+                )
+        write_json_atomic(config_path, config)
+    if world > 1:
+        _barrier()
+        if not (output_dir / CONFIG_FILE).exists():
+            raise RuntimeError(f"rank 0 failed to prepare {output_dir}")
+
+
+def load_eval_model(args: EvalArguments, device):
+    """The model in bf16 with flash_attention_2 on GPU (fp32 + sdpa on CPU), falling back to sdpa when FA2 fails."""
+    import torch
+
+    from open_r1.modeling import default_attn_implementation, default_dtype, load_model
+
+    # "auto" is bf16 on GPU and fp32 on CPU (the device is a GPU whenever one is available).
+    dtype = default_dtype() if args.dtype == "auto" else getattr(torch, args.dtype)
+    attn = args.attn_implementation or default_attn_implementation()
+    # Under a device context transformers loads the weights straight onto that GPU (no full copy in host memory per
+    # rank, which is what 8 ranks of a 7B model would otherwise cost).
+    with torch.device(device):
+        try:
+            model = load_model(
+                args.model_base, attn_implementation=attn, dtype=dtype, position_layout=args.position_layout
+            )
+        except (ImportError, ValueError) as exc:
+            if attn != "flash_attention_2":
+                raise
+            logger.warning("flash_attention_2 unavailable (%s); falling back to sdpa", exc)
+            attn = "sdpa"
+            model = load_model(
+                args.model_base, attn_implementation=attn, dtype=dtype, position_layout=args.position_layout
+            )
+    logger.info("Loaded %s (%s, %s attention) on %s", args.model_base, dtype, attn, device)
+    return model.to(device).eval(), dtype
+
+
+class BatchGenerator:
+    """Batched greedy (or sampled) generation for one process: prompt -> encode -> generate -> decode."""
+
+    def __init__(self, args: EvalArguments, device):
+        import torch
+
+        from open_r1.modeling import load_processor, vision_token_ids
+
+        self.args = args
+        self.device = device
+        self.processor = load_processor(args.model_base)
+        self.model, self.dtype = load_eval_model(args, device)
+        tokenizer = self.processor.tokenizer
+        config = copy.deepcopy(self.model.generation_config)
+        config.max_new_tokens = args.max_new_tokens
+        config.use_cache = True
+        config.suppress_tokens = vision_token_ids(tokenizer)
+        if tokenizer.pad_token_id is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+        if args.repetition_penalty is not None:
+            config.repetition_penalty = args.repetition_penalty
+        if args.do_sample:
+            config.do_sample, config.temperature = True, args.temperature
+        else:
+            # Greedy. Qwen2.5-VL ships do_sample=True with temperature 1e-6 (greedy in effect, as the original
+            # evaluation ran it); argmax is the same choice without the sampling machinery. Its repetition_penalty
+            # (1.05) is kept unless --repetition_penalty says otherwise.
+            config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
+        self.generation_config = config
+        torch.manual_seed(args.seed)
+
+    def __call__(self, queries: Sequence[dict[str, Any]], clips: Sequence[Any]) -> list[str]:
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        from open_r1.modeling import encode_batch, per_row_patches, video_features_once
+        from open_r1.prompts import build_conversation
+
+        conversations = [
+            build_conversation(q["query"], think=not self.args.no_think, video_first=self.args.video_first)
+            for q in queries
+        ]
+        batch = encode_batch(self.processor, conversations, list(clips), padding_side="left")
+        if self.args.shared_work:
+            # One tower pass per distinct video of the batch (Charades-STA test has 2.8 queries per video).
+            first: dict[int, torch.Tensor] = {}
+            patches = per_row_patches(batch.pop("pixel_values_videos"), batch["video_grid_thw"])
+            patches = [first.setdefault(id(clip), tensor.to(self.dtype)) for clip, tensor in zip(clips, patches)]
+            with torch.inference_mode():
+                features = video_features_once(self.model, patches, batch["video_grid_thw"], self.device)
+            batch["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(pooler_output=tuple(features))}
+        batch = {
+            k: (v.to(self.device, self.dtype) if k == "pixel_values_videos" else v.to(self.device))
+            if hasattr(v, "to")
+            else v
+            for k, v in batch.items()
+        }
+        with torch.inference_mode():
+            out = self.model.generate(**batch, generation_config=self.generation_config)
+        completions = out[:, batch["input_ids"].shape[1] :]
+        return self.processor.batch_decode(completions, skip_special_tokens=True)
+
+
+def _load_clips(source, queries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Decode each distinct video of a batch once; failures become ``(kind, message)`` tuples."""
+    from open_r1.video import VideoDecodeError
+
+    clips: dict[str, Any] = {}
+    for video_id in dict.fromkeys(q["video_id"] for q in queries):
+        try:
+            if source.missing([video_id]):
+                clips[video_id] = ("missing_video", f"no cached or raw video for {video_id}")
+            else:
+                clips[video_id] = source.get(video_id)
+        except VideoDecodeError as exc:
+            clips[video_id] = ("decode_error", str(exc))
+        except Exception as exc:  # a decoder crash on one file must not end the run; it is scored 0 and reported
+            logger.warning("decoding %s failed: %s: %s", video_id, type(exc).__name__, exc)
+            clips[video_id] = ("decode_error", f"{type(exc).__name__}: {exc}")
+    return clips
+
+
+def _result(query: dict[str, Any], output: str | None, error: str | None = None, detail: str | None = None) -> dict:
+    gt = [list(map(float, w)) for w in query["windows"]]
+    record = {
+        "video_id": query["video_id"],
+        "query_id": query["query_id"],
+        "query": query["query"],
+        "duration": float(query["duration"]),
+        "gt": gt,
+        "output": output,
+    }
+    if error is None:
+        record.update(score_output(output, gt))
+    else:
+        record.update(pred=None, iou=0.0, rule=None, error=error)
+    if detail:
+        record["detail"] = detail
+    return record
+
+
+def generate_records(generate, batch, clips) -> list[dict[str, Any]]:
+    """Results of one batch; a failed generate() is retried one query at a time before it counts as a failure."""
+    records: dict[str, dict[str, Any]] = {}
+    ready = []
+    for query in batch:
+        clip = clips[query["video_id"]]
+        if isinstance(clip, tuple):
+            records[query["query_id"]] = _result(query, None, error=clip[0], detail=clip[1])
+        else:
+            ready.append(query)
+    groups = [ready] if ready else []
+    while groups:
+        group = groups.pop(0)
+        try:
+            outputs = generate(group, [clips[q["video_id"]] for q in group])
+        except Exception as exc:  # one bad query must not end a 17k-query run; it scores 0 and is reported
+            if len(group) > 1:
+                logger.warning("generate() failed on a batch of %d (%s); retrying one by one", len(group), exc)
+                groups = [[q] for q in group] + groups
+                _empty_cuda_cache()
+                continue
+            logger.warning("generate() failed on %s: %s", group[0]["query_id"], exc)
+            records[group[0]["query_id"]] = _result(group[0], None, "generation_error", f"{type(exc).__name__}: {exc}")
+            _empty_cuda_cache()
+            continue
+        for query, output in zip(group, outputs):
+            records[query["query_id"]] = _result(query, output)
+    for query in ready:
+        start = min(float(window[0]) for window in query["windows"])
+        if clips[query["video_id"]].duration <= start:
+            records[query["query_id"]]["clip_ends_before_gt"] = True
+    return [records[q["query_id"]] for q in batch]
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
+    """Evaluate ``args.model_base`` on a split; returns :func:`compute_metrics` over all its queries.
+
+    Resumes from the predictions already in the output folder (each query is generated once). Under torchrun each
+    rank takes every WORLD_SIZE-th query, writes its own shard, and rank 0 merges them at the end; every rank returns
+    the same metrics (plus ``output_dir``). With ``args.rescore`` set, only rescores that file.
+
+    Example (from Python, e.g. after training)::
+
+        run_evaluation({"model_base": "outputs/ckpt", "dataset": "charades", "cache_dir": "cache/charades"})
+    """
+    if isinstance(args, dict):
+        args = EvalArguments(**args)
+    if args.rescore is not None:
+        return rescore_predictions(args.rescore, allow_mixed=args.allow_mixed)
+    from open_r1.modeling import check_model_path
+
+    check_model_path(args.model_base)  # a misspelled local folder fails here, not after a Hub lookup
+    queries, name = resolve_queries(args)
+    if not queries:
+        raise ValueError(f"{name}: no queries to evaluate")
+    from open_r1.video import VideoSource, describe_missing
+
+    source = VideoSource(args.to_settings(), cache_dir=args.cache_dir, video_dir=args.video_dir)
+    missing = describe_missing(source, [q["video_id"] for q in queries])
+    if missing and not args.allow_missing_videos:
+        # Before the model loads: a misspelled --cache_dir would otherwise score every query 0 and exit 0.
+        raise FileNotFoundError(f"{name}: {missing} --allow_missing_videos scores them as failures instead.")
+    if missing:
+        logger.warning("%s: %s They score IoU 0 (missing_video).", name, missing)
+    import torch
+
+    rank, world, local_rank = _dist_info()
+    initialized_here = False
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            # gloo is enough: the ranks only wait for each other (a long timeout: shards can finish hours apart).
+            dist.init_process_group("gloo", timeout=timedelta(hours=24))
+            initialized_here = True
+    try:
+        return _evaluate(args, queries, name, rank, world, local_rank, torch, source)
+    finally:
+        if initialized_here:
+            torch.distributed.destroy_process_group()
+
+
+def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, name)
+    config = _run_config(args, name)
+    _prepare_output_dir(output_dir, config, args.overwrite, rank, world)
+    # Every line carries its run's id, so that a file holding lines of two runs is noticed when rescored.
+    run_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+    done = set()
+    for path in [output_dir / PREDICTIONS_FILE, *shard_paths(output_dir)]:
+        done.update(record_key(r) for r in read_predictions(path))
+    # Sharding by position in the split (not by what is left) keeps ranks disjoint whatever each one has read.
+    mine = [q for i, q in enumerate(queries) if i % world == rank and q["query_id"] not in done]
+    # Similar lengths batch together (less padding), and queries of one video sit side by side (one decode).
+    mine.sort(key=lambda q: (q["duration"], q["video_id"]))
+    own_file = output_dir / (PREDICTIONS_FILE if world == 1 else f"predictions.rank{rank}.jsonl")
+    repair_tail(own_file)
+    logger.info(
+        "%s: %d queries, %d already done, %d for rank %d/%d -> %s",
+        name,
+        len(queries),
+        len(done & {q["query_id"] for q in queries}),
+        len(mine),
+        rank,
+        world,
+        output_dir,
+    )
+
+    if mine:
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        generate = BatchGenerator(args, device)
+        batches = [mine[i : i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
+        hits = scored = 0
+        # Decode the next batch's videos in a thread while the model generates the current one.
+        with ThreadPoolExecutor(max_workers=1) as pool, own_file.open("a", encoding="utf-8") as out:
+            pending = pool.submit(_load_clips, source, batches[0])
+            progress = tqdm(total=len(mine), desc=f"eval {name}", disable=rank != 0, unit="query")
+            for i, batch in enumerate(batches):
+                clips = pending.result()
+                if i + 1 < len(batches):
+                    pending = pool.submit(_load_clips, source, batches[i + 1])
+                for record in generate_records(generate, batch, clips):
+                    record["run_id"] = run_id
+                    out.write(json.dumps(record) + "\n")
+                    out.flush()
+                    hits += record_iou(record) >= 0.5 - IOU_TIE_EPS
+                    scored += 1
+                progress.update(len(batch))
+                progress.set_postfix({"R1@0.5": f"{100 * hits / scored:.1f}"})
+            progress.close()
+
+    _barrier()
+    order = [q["query_id"] for q in queries]
+    if rank == 0:
+        if world > 1 or shard_paths(output_dir):
+            merge_predictions(output_dir, order)
+        wanted = set(order)
+        records = [r for r in read_predictions(output_dir / PREDICTIONS_FILE) if record_key(r) in wanted]
+        missing = len(wanted) - len(records)
+        if missing:
+            raise RuntimeError(f"{missing} queries of {name} have no prediction in {output_dir}; rerun to resume")
+        metrics = compute_metrics(records)
+        metrics["run"] = name
+        metrics["model_base"] = str(args.model_base)
+        write_json_atomic(output_dir / METRICS_FILE, metrics)
+        plot_predictions(records, output_dir / PLOT_FILE, args.num_plot_queries)
+        logger.info(
+            "%s: R1@0.3 %.2f, R1@0.5 %.2f, R1@0.7 %.2f, mIoU %.2f over %d queries (%d failed) -> %s",
+            name,
+            metrics["R1@0.3"],
+            metrics["R1@0.5"],
+            metrics["R1@0.7"],
+            metrics["mIoU"],
+            metrics["num_queries"],
+            metrics["num_failed"],
+            output_dir / METRICS_FILE,
+        )
+    _barrier()
+    metrics = json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    metrics["output_dir"] = str(output_dir)
+    return metrics
