@@ -128,7 +128,16 @@ class VideoDataArguments(VideoArguments):
         metadata={
             "help": "Do shared work once: encode each distinct video once (per rollout in training, per batch in "
             "evaluation), sample a group's completions from one prompt copy, and score a group's completions in one "
-            "packed sequence (sdpa). --shared_work false runs the per-row path (same results, for comparison)."
+            "packed sequence (sdpa; a flash_attention_2 model sends its packed calls to sdpa). --shared_work false "
+            "runs the per-row path (same results, for comparison)."
+        },
+    )
+    whole_groups: bool = field(
+        default=True,
+        metadata={
+            "help": "Under gradient accumulation, shuffle a rollout's groups rather than its rows before cutting "
+            "micro-batches, so each micro-batch holds whole groups (one packed sequence each; same loss and "
+            "gradients). --whole_groups false: TRL's row shuffle."
         },
     )
 

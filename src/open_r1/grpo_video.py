@@ -206,6 +206,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         position_layout=script_args.position_layout,
         reference_dtype=reference_dtype,
         shared_work=script_args.shared_work,
+        whole_groups=script_args.whole_groups,
         callbacks=callbacks,
         peft_config=get_peft_config(model_args),  # None unless --use_peft
     )

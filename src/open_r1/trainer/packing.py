@@ -73,3 +73,93 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, video_key
         key = (video_keys[row], tuple(prompt_ids[row][prompt_mask[row].bool()].tolist()))
         groups.setdefault(key, []).append(row)
     return list(groups.values())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Packing under a flash-attention recipe
+#
+# Flash-attention 2 takes no 4-D mask, and the shared-prefix mask above is not block-diagonal, so FA2's varlen
+# packing cannot express it. Rather than fall back to one row per completion, the language model gets an attention
+# function that sends a call carrying a 4-D mask (a packed group) to sdpa and every other call (generation, padded
+# rows) to flash-attention. Its choice depends only on the call's inputs, so a gradient-checkpointing recompute takes
+# the same branch as the forward it repeats. The vision tower keeps flash-attention's varlen windows.
+
+PACKABLE_FLASH_ATTENTION = "flash_attention_2_packable"
+
+
+def packable_flash_attention(module, query, key, value, attention_mask, **kwargs):
+    """flash-attention 2, except for a call with a 4-D (packed) mask, which sdpa computes."""
+    from transformers.integrations.flash_attention import flash_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None and attention_mask.ndim == 4:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return flash_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def register_packable_flash_attention() -> str:
+    """Register :data:`PACKABLE_FLASH_ATTENTION` with transformers (attention and mask functions); returns the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    AttentionInterface.register(PACKABLE_FLASH_ATTENTION, packable_flash_attention)
+    # Masks for everything that is not a packed group are built as for flash-attention 2 (None or the 2-D padding
+    # mask); a 4-D mask passed in is used as it is.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKABLE_FLASH_ATTENTION, flash_attention_mask)
+    return PACKABLE_FLASH_ATTENTION
+
+
+def make_packable(language_model_config) -> bool:
+    """Switch a flash-attention-2 language model to :data:`PACKABLE_FLASH_ATTENTION`; True when it now packs.
+
+    sdpa and eager take a 4-D mask already; flash-attention 2 is switched; any other kernel is left alone (False: its
+    log-prob passes score each completion with its own prompt copy)."""
+    implementation = language_model_config._attn_implementation
+    if implementation in ("sdpa", "eager", PACKABLE_FLASH_ATTENTION):
+        return True
+    if implementation == "flash_attention_2":
+        language_model_config._attn_implementation = register_packable_flash_attention()
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Micro-batches of whole groups
+#
+# TRL shuffles a rollout's rows before cutting them into gradient-accumulation micro-batches, so the rows of one group
+# land in several micro-batches and each holds pieces of several groups: more packed sequences, each re-reading its
+# prompt. Shuffling whole groups instead keeps each group in one micro-batch. The loss and its gradient are the same:
+# with equal micro-batch sizes, the accumulated gradient averages every row once whichever micro-batch holds it.
+
+
+def group_blocks(num_rows: int, group_size: int, offset: int = 0) -> list[range]:
+    """The local rows ``0..num_rows-1`` cut where a group starts; local row ``i`` is row ``offset + i`` of the global
+    batch, whose groups are consecutive runs of ``group_size`` rows (TRL's sampler repeats each prompt G times)."""
+    starts = [0] + [i for i in range(1, num_rows) if (offset + i) % group_size == 0]
+    return [range(start, end) for start, end in zip(starts, starts[1:] + [num_rows], strict=True)]
+
+
+def whole_group_order(num_rows: int, group_size: int, num_chunks: int, offset: int = 0) -> list[int] | None:
+    """A random row order that moves whole groups, so each of ``num_chunks`` equal micro-batches holds whole groups;
+    None when the group pieces on this process do not tile the micro-batches (then TRL's row shuffle is used)."""
+    blocks = group_blocks(num_rows, group_size, offset)
+    sizes = {len(block) for block in blocks}
+    chunk = num_rows // max(num_chunks, 1)
+    if len(sizes) != 1 or chunk == 0 or chunk % sizes.pop():
+        return None
+    return [row for index in torch.randperm(len(blocks)).tolist() for row in blocks[index]]
+
+
+def reorder_rows(batch: dict, order: list[int]) -> dict:
+    """``batch`` with every per-row value put in ``order``, as TRL's row shuffle treats them: None and 0-d tensors
+    stay, tensors are indexed on their first dimension, any other sequence becomes a list."""
+    index = torch.tensor(order, dtype=torch.long)
+    out = {}
+    for key, value in batch.items():
+        if value is None or (isinstance(value, torch.Tensor) and value.ndim == 0):
+            out[key] = value
+        elif isinstance(value, torch.Tensor):
+            out[key] = value[index.to(value.device)]
+        else:
+            out[key] = [value[i] for i in order]
+    return out

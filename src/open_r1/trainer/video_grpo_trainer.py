@@ -40,6 +40,7 @@ from open_r1.modeling import (
     vision_token_ids,
 )
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, position_layout, set_position_layout
+from open_r1.trainer import packing
 from open_r1.trainer.packing import packed_group, prompt_groups
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,13 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             own layout, the default) or ``"transformers"`` (see :mod:`open_r1.positions`).
         reference_dtype: dtype of the frozen reference model when it differs from the policy's (fp32 master weights
             of a bf16 run without DeepSpeed: the reference stays bf16). Ignored under DeepSpeed.
-        shared_work: encode each distinct video once per rollout (frozen tower) or once per pass (trainable tower)
-            and sample a group's completions from one copy of its prompt. ``False`` runs the previous path.
+        shared_work: encode each distinct video once per rollout (frozen tower) or once per pass (trainable tower),
+            sample a group's completions from one copy of its prompt and score them in one packed sequence (under a
+            flash-attention-2 model too: packed calls go to sdpa, see :mod:`open_r1.trainer.packing`). ``False``
+            runs the previous path.
+        whole_groups: shuffle a rollout's groups, not its rows, before cutting gradient-accumulation micro-batches,
+            so each micro-batch holds whole groups (one packed sequence each); same loss and gradients. ``False``:
+            TRL's row shuffle.
         Remaining arguments go to :class:`trl.GRPOTrainer`.
     """
 
@@ -88,6 +94,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         position_layout: str = DEFAULT_POSITION_LAYOUT,
         reference_dtype: str | torch.dtype | None = None,
         shared_work: bool = True,
+        whole_groups: bool = True,
         **kwargs,
     ):
         if video_loader is None:
@@ -130,6 +137,12 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
                 self.ref_model.to(dtype)
         self.position_layout = position_layout
         self.shared_work = shared_work
+        self.whole_groups = whole_groups
+        self._logged_choices: set[str] = set()
+        if shared_work:
+            # Packing needs an attention kernel that takes the packed group's 4-D mask (trainer/packing.py).
+            for language_model in {id(m): m for m in (self.model, self.ref_model) if m is not None}.values():
+                packing.make_packable(inner_vlm(language_model).language_model.config)
         self.video_loader = video_loader
         # A reward that returns NaN or inf would be counted as 0 (TRL reads NaN as "no reward") or poison the
         # advantages: stop with the reward's name and the row instead.
@@ -151,6 +164,45 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
 
     # ------------------------------------------------------------------------------------------------------------
     # Rollout
+
+    def _log_once(self, key: str, message: str, *args) -> None:
+        """One info line per trainer for a choice that holds for the whole run (packing, micro-batch layout)."""
+        if key not in self._logged_choices:
+            self._logged_choices.add(key)
+            logger.info(message, *args)
+
+    def _prepare_inputs(self, generation_batch):
+        if not (self.whole_groups and self.model.training):
+            return super()._prepare_inputs(generation_batch)
+        import trl.trainer.grpo_trainer as trl_grpo
+
+        row_shuffle = trl_grpo.shuffle_sequence_dict
+        chunks = self.args.steps_per_generation
+
+        def shuffle_whole_groups(batch):
+            rows = len(next(value for value in batch.values() if value is not None))
+            offset = self.accelerator.process_index * rows
+            order = packing.whole_group_order(rows, self.num_generations, chunks, offset)
+            if order is None:
+                self._log_once(
+                    "whole_groups",
+                    "micro-batches: %d rows of groups of %d on this process do not tile %d micro-batches; "
+                    "rows shuffled one by one (TRL)",
+                    rows, self.num_generations, chunks,
+                )  # fmt: skip
+                return row_shuffle(batch)
+            self._log_once(
+                "whole_groups",
+                "micro-batches: whole groups, %d rows per micro-batch from groups of %d",
+                rows // chunks, self.num_generations,
+            )  # fmt: skip
+            return packing.reorder_rows(batch, order)
+
+        trl_grpo.shuffle_sequence_dict = shuffle_whole_groups
+        try:
+            return super()._prepare_inputs(generation_batch)
+        finally:
+            trl_grpo.shuffle_sequence_dict = row_shuffle
 
     def _load_clips(self, inputs: list[dict]) -> list:
         """One clip per row; rows of the same group share a video, so each video is loaded once."""
@@ -374,6 +426,11 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             raise RuntimeError(f"{len(patches)} videos for {num_rows} rows")
         batch_size = kwargs.pop("batch_size", None) or num_rows
         if self.shared_work and _accepts_packed_mask(model) and not kwargs.get("compute_aux_loss"):
+            self._log_once(
+                "packing",
+                "log-prob passes: one packed sequence per group (%s attention)",
+                inner_vlm(model).language_model.config._attn_implementation,
+            )
             return self._packed_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, video, patches, kwargs.get("compute_entropy")
             )
@@ -502,9 +559,10 @@ def _sample_from_one_prefill(model, generate, input_ids, attention_mask, pooled,
 
 
 def _accepts_packed_mask(model) -> bool:
-    """Packing needs an attention kernel that takes an arbitrary 4-D mask (sdpa, eager); flash-attention 2 does not."""
+    """Packing needs an attention kernel that takes an arbitrary 4-D mask: sdpa, eager, or flash-attention 2 switched
+    by :func:`open_r1.trainer.packing.make_packable` (done when the trainer is built)."""
     implementation = inner_vlm(model).language_model.config._attn_implementation
-    if implementation in ("sdpa", "eager"):
+    if implementation in ("sdpa", "eager", packing.PACKABLE_FLASH_ATTENTION):
         return True
     if not getattr(_accepts_packed_mask, "warned", False):
         logger.warning(
