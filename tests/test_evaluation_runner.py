@@ -304,6 +304,34 @@ def test_shared_work_encodes_each_video_once_with_the_same_predictions(setup, fu
     assert {r["query_id"]: r["output"] for r in lines(Path(per_row["output_dir"]) / "predictions.jsonl")} == shared
 
 
+def test_each_video_is_decoded_and_encoded_once_per_run(setup, full_run, monkeypatch):
+    """Batches of 1 put each of a video's 2 queries in its own batch: the clip and its features carry over to the next
+    batch instead of being decoded and encoded again, and the predictions are the batch-of-4 run's."""
+    from open_r1 import modeling
+    from open_r1.video import VideoSource
+
+    encoded, decoded = [], []
+    encode, get = modeling.video_features_once, VideoSource.get
+
+    def encode_spy(model, patches, grids, device):
+        encoded.append(len({id(p) for p in patches}))
+        return encode(model, patches, grids, device)
+
+    def get_spy(self, video_id):
+        decoded.append(video_id)
+        return get(self, video_id)
+
+    monkeypatch.setattr(modeling, "video_features_once", encode_spy)
+    monkeypatch.setattr(VideoSource, "get", get_spy)
+    metrics = ev.run_evaluation(make_args(setup, "one_per_batch", batch_size=1))
+    videos = [f"synth_{i:03d}" for i in range(3)]
+    assert sum(encoded) == 3  # per batch: 6, each video once for each of its 2 queries
+    assert sorted(decoded) == sorted(videos + ["broken"])  # each decodable (or broken) file read once
+    _, out = full_run
+    outputs = {r["query_id"]: r["output"] for r in lines(Path(metrics["output_dir"]) / "predictions.jsonl")}
+    assert outputs == {r["query_id"]: r["output"] for r in lines(out / "predictions.jsonl")}
+
+
 def test_missing_videos_stop_the_run_before_the_model_loads(setup, monkeypatch, tmp_path):
     """A misspelled cache or a cache built at other settings: counts, first ids and the settings, no model loaded."""
     from open_r1.configs import VideoSettings

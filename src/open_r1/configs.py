@@ -126,7 +126,7 @@ class VideoDataArguments(VideoArguments):
     shared_work: bool = field(
         default=True,
         metadata={
-            "help": "Do shared work once: encode each distinct video once (per rollout in training, per batch in "
+            "help": "Do shared work once: encode each distinct video once (per rollout in training, per run in "
             "evaluation), sample a group's completions from one prompt copy, and score a group's completions in one "
             "packed sequence (sdpa; a flash_attention_2 model sends its packed calls to sdpa). --shared_work false "
             "runs the per-row path (same results, for comparison)."

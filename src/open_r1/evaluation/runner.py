@@ -174,6 +174,8 @@ class BatchGenerator:
             # (1.05) is kept unless --repetition_penalty says otherwise.
             config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
         self.generation_config = config
+        # Vision features of the last batch's videos, by video id (shared_work).
+        self._features: dict[str, Any] = {}
         torch.manual_seed(args.seed)
 
     def __call__(self, queries: Sequence[dict[str, Any]], clips: Sequence[Any]) -> list[str]:
@@ -189,12 +191,23 @@ class BatchGenerator:
         ]
         batch = encode_batch(self.processor, conversations, list(clips), padding_side="left")
         if self.args.shared_work:
-            # One tower pass per distinct video of the batch (Charades-STA test has 2.8 queries per video).
-            first: dict[int, torch.Tensor] = {}
+            # One tower pass per distinct video of the run (Charades-STA test has 2.8 queries per video): the queries
+            # come sorted by video, so a video's features are kept for the next batch, where its last queries may
+            # fall, and dropped after it.
+            video_ids = [q["video_id"] for q in queries]
+            first: dict[str, torch.Tensor] = {}
             patches = per_row_patches(batch.pop("pixel_values_videos"), batch["video_grid_thw"])
-            patches = [first.setdefault(id(clip), tensor.to(self.dtype)) for clip, tensor in zip(clips, patches)]
-            with torch.inference_mode():
-                features = video_features_once(self.model, patches, batch["video_grid_thw"], self.device)
+            patches = [first.setdefault(v, tensor.to(self.dtype)) for v, tensor in zip(video_ids, patches)]
+            new = [row for row, v in enumerate(video_ids) if v not in self._features]
+            fresh = {}
+            if new:
+                with torch.inference_mode():
+                    computed = video_features_once(
+                        self.model, [patches[row] for row in new], batch["video_grid_thw"][new], self.device
+                    )
+                fresh = {video_ids[row]: feature for row, feature in zip(new, computed)}
+            self._features = {v: self._features.get(v, fresh.get(v)) for v in video_ids}
+            features = [self._features[v] for v in video_ids]
             batch["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(pooler_output=tuple(features))}
         batch = {
             k: (v.to(self.device, self.dtype) if k == "pixel_values_videos" else v.to(self.device))
@@ -208,12 +221,16 @@ class BatchGenerator:
         return self.processor.batch_decode(completions, skip_special_tokens=True)
 
 
-def _load_clips(source, queries: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Decode each distinct video of a batch once; failures become ``(kind, message)`` tuples."""
+def _load_clips(source, queries: Sequence[dict[str, Any]], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Decode each distinct video of a batch once (a video of the ``previous`` batch is taken from it); failures
+    become ``(kind, message)`` tuples."""
     from open_r1.video import VideoDecodeError
 
     clips: dict[str, Any] = {}
     for video_id in dict.fromkeys(q["video_id"] for q in queries):
+        if previous is not None and video_id in previous:
+            clips[video_id] = previous[video_id]
+            continue
         try:
             if source.missing([video_id]):
                 clips[video_id] = ("missing_video", f"no cached or raw video for {video_id}")
@@ -378,7 +395,7 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> di
             for i, batch in enumerate(batches):
                 clips = pending.result()
                 if i + 1 < len(batches):
-                    pending = pool.submit(_load_clips, source, batches[i + 1])
+                    pending = pool.submit(_load_clips, source, batches[i + 1], clips)
                 for record in generate_records(generate, batch, clips):
                     record["run_id"] = run_id
                     out.write(json.dumps(record) + "\n")
