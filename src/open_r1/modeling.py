@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoProcessor, BatchFeature, Qwen2_5_VLForC
 from transformers.utils import is_flash_attn_2_available
 
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, set_position_layout
+from open_r1.vision_attention import set_vision_attention
 
 logger = logging.getLogger(__name__)
 
@@ -117,11 +118,14 @@ def load_model(
     attn_implementation: str | None = None,
     dtype: torch.dtype | str | None = None,
     position_layout: str = DEFAULT_POSITION_LAYOUT,
+    batched_vision_windows: bool = True,
 ) -> Qwen2_5_VLForConditionalGeneration:
     """Load a Qwen2.5-VL checkpoint with the attention kernel and dtype suited to the current machine.
 
     ``position_layout`` places the 3-D rope positions as the pretrained model expects ("reference", the default) or
-    as the installed transformers does ("transformers"); see :mod:`open_r1.positions`.
+    as the installed transformers does ("transformers"); see :mod:`open_r1.positions`. ``batched_vision_windows``: an
+    sdpa vision tower attends one call per window size and layer instead of one per window (same features, see
+    :mod:`open_r1.vision_attention`); ``False`` keeps transformers' per-window loop.
     """
     check_model_path(path)
     if isinstance(dtype, str) and dtype not in ("auto",):
@@ -131,6 +135,7 @@ def load_model(
         attn_implementation=resolve_attn_implementation(attn_implementation),
         dtype=dtype or default_dtype(),
     )
+    set_vision_attention(model, batched=batched_vision_windows)
     return set_position_layout(model, position_layout)
 
 

@@ -42,6 +42,7 @@ from open_r1.modeling import (
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, position_layout, set_position_layout
 from open_r1.trainer import packing
 from open_r1.trainer.packing import packed_group, prompt_groups
+from open_r1.vision_attention import BATCHED_WINDOWS, set_vision_attention
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +140,14 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         self.shared_work = shared_work
         self.whole_groups = whole_groups
         self._logged_choices: set[str] = set()
-        if shared_work:
-            # Packing needs an attention kernel that takes the packed group's 4-D mask (trainer/packing.py).
-            for language_model in {id(m): m for m in (self.model, self.ref_model) if m is not None}.values():
-                packing.make_packable(inner_vlm(language_model).language_model.config)
+        # TRL loads the reference model itself: its sdpa tower batches its windows when the policy's does
+        # (load_model's default, see vision_attention.py).
+        batched_windows = inner_vlm(self.model).visual.config._attn_implementation == BATCHED_WINDOWS
+        for model in {id(m): m for m in (self.model, self.ref_model) if m is not None}.values():
+            set_vision_attention(model, batched=batched_windows)
+            if shared_work:
+                # Packing needs an attention kernel that takes the packed group's 4-D mask (trainer/packing.py).
+                packing.make_packable(inner_vlm(model).language_model.config)
         self.video_loader = video_loader
         # A reward that returns NaN or inf would be counted as 0 (TRL reads NaN as "no reward") or poison the
         # advantages: stop with the reward's name and the row instead.
