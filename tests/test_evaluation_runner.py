@@ -332,6 +332,36 @@ def test_each_video_is_decoded_and_encoded_once_per_run(setup, full_run, monkeyp
     assert outputs == {r["query_id"]: r["output"] for r in lines(out / "predictions.jsonl")}
 
 
+def test_static_compiled_decode_gives_the_eager_predictions(setup, full_run, monkeypatch):
+    """--decode static: a static KV cache and a compiled decode step (whole-graph capture, CPU) answer every query
+    with the eager run's text."""
+    from open_r1 import decoding
+
+    configs = []
+
+    def capture_only(device, backend=None):
+        configs.append(decoding.decode_compile_config(device, backend="eager"))
+        return configs[-1]
+
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    compiled = []
+    real_compiled_call = Qwen2_5_VLForConditionalGeneration.get_compiled_call
+
+    def counting(self, config):
+        compiled.append(config)
+        return real_compiled_call(self, config)
+
+    monkeypatch.setattr(ev, "decode_compile_config", capture_only)
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "get_compiled_call", counting)
+    metrics = ev.run_evaluation(make_args(setup, "static_decode", decode="static"))
+    assert configs and all(config.fullgraph for config in configs)
+    assert len(compiled) == len(configs)  # every batch decoded with the compiled step
+    _, out = full_run
+    outputs = {r["query_id"]: r["output"] for r in lines(Path(metrics["output_dir"]) / "predictions.jsonl")}
+    assert outputs == {r["query_id"]: r["output"] for r in lines(out / "predictions.jsonl")}
+
+
 def test_missing_videos_stop_the_run_before_the_model_loads(setup, monkeypatch, tmp_path):
     """A misspelled cache or a cache built at other settings: counts, first ids and the settings, no model loaded."""
     from open_r1.configs import VideoSettings

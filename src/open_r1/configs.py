@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from open_r1.decoding import check_decode_mode
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, POSITION_LAYOUTS
 
 # The paper's video settings (TimeZero section 4.1): 2 fps, at most 3584*28*28 pixels for the whole clip and at least
@@ -132,16 +133,17 @@ class VideoDataArguments(VideoArguments):
             "runs the per-row path (same results, for comparison)."
         },
     )
-    whole_groups: bool = field(
-        default=True,
+    decode: str = field(
+        default="auto",
         metadata={
-            "help": "Under gradient accumulation, shuffle a rollout's groups rather than its rows before cutting "
-            "micro-batches, so each micro-batch holds whole groups (one packed sequence each; same loss and "
-            "gradients). --whole_groups false: TRL's row shuffle."
+            "help": "How rollouts (training) and answers (evaluation) are decoded: auto (a static KV cache and a "
+            "compiled decode step on CUDA, eager elsewhere), static (everywhere) or eager (dynamic cache, eager "
+            "forward). Same tokens under a seed; see open_r1.decoding."
         },
     )
 
     def __post_init__(self):
+        check_decode_mode(self.decode)
         if self.position_layout not in POSITION_LAYOUTS:
             raise ValueError(
                 f"position_layout must be one of {', '.join(POSITION_LAYOUTS)}, got {self.position_layout!r}"
@@ -262,6 +264,14 @@ class GRPOScriptArguments(VideoDataArguments):
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on the first N queries only (smoke tests)."}
+    )
+    whole_groups: bool = field(
+        default=True,
+        metadata={
+            "help": "Under gradient accumulation, shuffle a rollout's groups rather than its rows before cutting "
+            "micro-batches, so each micro-batch holds whole groups (one packed sequence each; same loss and "
+            "gradients). --whole_groups false: TRL's row shuffle."
+        },
     )
 
     def __post_init__(self):

@@ -207,6 +207,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         reference_dtype=reference_dtype,
         shared_work=script_args.shared_work,
         whole_groups=script_args.whole_groups,
+        decode=script_args.decode,
         callbacks=callbacks,
         peft_config=get_peft_config(model_args),  # None unless --use_peft
     )

@@ -32,6 +32,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from trl import GRPOTrainer
 
+from open_r1.decoding import check_decode_mode, decode_compile_config, static_cache_from, use_static_decode
 from open_r1.modeling import (
     LocalModelCardMixin,
     encode_batch,
@@ -76,6 +77,9 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             sample a group's completions from one copy of its prompt and score them in one packed sequence (under a
             flash-attention-2 model too: packed calls go to sdpa, see :mod:`open_r1.trainer.packing`). ``False``
             runs the previous path.
+        decode: ``"auto"`` (a static KV cache and a compiled decode step on CUDA, eager elsewhere), ``"static"`` (on
+            every device) or ``"eager"``: how the completions of a shared prefill are decoded (see
+            :mod:`open_r1.decoding`; same samples under a seed).
         whole_groups: shuffle a rollout's groups, not its rows, before cutting gradient-accumulation micro-batches,
             so each micro-batch holds whole groups (one packed sequence each); same loss and gradients. ``False``:
             TRL's row shuffle.
@@ -96,6 +100,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         reference_dtype: str | torch.dtype | None = None,
         shared_work: bool = True,
         whole_groups: bool = True,
+        decode: str = "auto",
         **kwargs,
     ):
         if video_loader is None:
@@ -139,6 +144,10 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         self.position_layout = position_layout
         self.shared_work = shared_work
         self.whole_groups = whole_groups
+        self.decode = check_decode_mode(decode)
+        # torch.compile backend of the static decode step (None: inductor); the CPU equality tests use "eager".
+        self.decode_compile_backend: str | None = None
+        self._static_cache = None  # reused across rollouts (same memory for a CUDA-graph decode step)
         self._logged_choices: set[str] = set()
         # TRL loads the reference model itself: its sdpa tower batches its windows when the policy's does
         # (load_model's default, see vision_attention.py).
@@ -292,9 +301,26 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
                 generation_config = copy.deepcopy(generation_config)
             pooled = BaseModelOutputWithPooling(pooler_output=tuple(features[row] for row in keep.tolist()))
             if run > 1 and generation_config.do_sample and position_layout(model) == "reference":
-                return _sample_from_one_prefill(
+                if use_static_decode(self.decode, input_ids.device):
+                    compile_config = decode_compile_config(input_ids.device, self.decode_compile_backend)
+                    self._log_once("decode", "rollouts: static KV cache, compiled decode step (%s)", compile_config)
+                    state = torch.random.get_rng_state(), _cuda_rng_state()
+                    try:
+                        out, self._static_cache = _sample_from_one_prefill(
+                            model, original, input_ids, attention_mask, pooled, run, copy.deepcopy(generation_config),
+                            dict(kwargs), compile_config, self._static_cache,
+                        )  # fmt: skip
+                        return out
+                    except Exception as error:  # a compiler failure must not end a training run: decode eagerly
+                        logger.warning("compiled decode failed (%s: %s); decoding eagerly from now on",
+                                       type(error).__name__, str(error)[:300])  # fmt: skip
+                        self.decode, self._static_cache = "eager", None
+                        torch.random.set_rng_state(state[0])
+                        _set_cuda_rng_state(state[1])
+                out, _ = _sample_from_one_prefill(
                     model, original, input_ids, attention_mask, pooled, run, generation_config, kwargs
                 )
+                return out
             greedy = run > 1 and not generation_config.do_sample
             if run > 1:
                 # Greedy: one completion per prompt, repeated. Sampling with the library's layout (its last prompt
@@ -528,10 +554,15 @@ def checked_reward(func: Callable, name: str) -> Callable:
     return checked
 
 
-def _sample_from_one_prefill(model, generate, input_ids, attention_mask, pooled, run, generation_config, kwargs):
+def _sample_from_one_prefill(
+    model, generate, input_ids, attention_mask, pooled, run, generation_config, kwargs, compile_config=None, reuse=None
+):
     """Sample ``run`` completions per prompt with the prompt prefilled once: the KV cache of all but the last prompt
     token is computed once per distinct prompt, copied ``run`` times, and ``generate`` continues from it (the last
-    prompt token and every sampled token are then processed per completion, as without sharing)."""
+    prompt token and every sampled token are then processed per completion, as without sharing). With a
+    ``compile_config`` the copy is a static cache (``reuse``: an earlier one to refill) and ``generate`` compiles its
+    decode step (:mod:`open_r1.decoding`). Returns the completions and the static cache (None without one).
+    """
     inner = inner_vlm(model)
     video = {key: kwargs[key] for key in ("video_grid_thw", "second_per_grid_ts") if key in kwargs}
     mm_token_type_ids = kwargs["mm_token_type_ids"]
@@ -550,17 +581,33 @@ def _sample_from_one_prefill(model, generate, input_ids, attention_mask, pooled,
             input_ids, mm_token_type_ids=mm_token_type_ids, attention_mask=attention_mask, **video
         )
     cache = prefill.past_key_values
-    cache.batch_repeat_interleave(run)
+    if compile_config is not None:
+        new_tokens = generation_config.max_new_tokens or generation_config.max_length - input_ids.size(1)
+        cache = static_cache_from(model, cache, run, input_ids.size(1) + new_tokens, reuse=reuse)
+        # TRL's generation config disables compilation (its caches are dynamic); this one is static.
+        generation_config.compile_config, generation_config.disable_compile = compile_config, False
+    else:
+        cache.batch_repeat_interleave(run)
     inner.rope_deltas = deltas.repeat_interleave(run, dim=0)
     generation_config.num_return_sequences = 1
     expanded = {k: v.repeat_interleave(run, dim=0) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    return generate(
+    out = generate(
         input_ids=input_ids.repeat_interleave(run, dim=0),
         attention_mask=attention_mask.repeat_interleave(run, dim=0),
         generation_config=generation_config,
         cache=cache,
         **expanded,
     )
+    return out, cache if compile_config is not None else None
+
+
+def _cuda_rng_state():
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_cuda_rng_state(state) -> None:
+    if state is not None:
+        torch.cuda.set_rng_state_all(state)
 
 
 def _accepts_packed_mask(model) -> bool:
