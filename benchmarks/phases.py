@@ -3,7 +3,7 @@
 Phases: ``vision`` (the shared path's explicit tower calls), ``generation``, ``old_policy``, ``reference``,
 ``policy_forward``, ``backward``. For each: vision-tower patches (through the tower's first block, so a recompute
 under gradient checkpointing counts), language-model tokens (through its first decoder layer, likewise), and, when
-counting is on, FLOPs (torch's FLOP counter) and aten ops; wall time is meaningful only with counting off.
+counting is on, FLOPs (torch's FLOP counter, with attention on CPU counted too: :data:`ATTENTION_FLOPS`) and aten ops; wall time is meaningful only with counting off.
 """
 
 from __future__ import annotations
@@ -14,9 +14,26 @@ from collections import defaultdict
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 PHASES = ("vision", "generation", "old_policy", "reference", "policy_forward", "backward")
+
+
+def _cpu_attention(query, key, value, *args, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward(grad_out, query, key, value, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# torch's FLOP counter has no formula for the CPU sdpa kernel, so attention counted 0 on CPU. These are torch's own
+# counts for the GPU kernels (two matmuls forward, five backward), over every score the kernel computes: a dense 4-D
+# mask (a packed group) counts its masked scores too, as the kernel computes them.
+ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
+}
 
 
 class _OpCounter(TorchDispatchMode):
@@ -63,7 +80,9 @@ class PhaseMeter:
             yield
             return
         self.current = name
-        modes = [FlopCounterMode(display=False), _OpCounter()] if self.count_ops else []
+        modes = (
+            [FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS), _OpCounter()] if self.count_ops else []
+        )
         with contextlib.ExitStack() as stack:
             for mode in modes:
                 stack.enter_context(mode)

@@ -248,7 +248,7 @@ def test_arguments_fail_fast():
     with pytest.raises(ValueError, match="video_dir"):
         EvalArguments(model_base="m")
     with pytest.raises(ValueError, match="batch_size"):
-        EvalArguments(model_base="m", video_dir=".", batch_size=0)
+        EvalArguments(model_base="m", video_dir=".", batch_size=-1)  # 0 means: picked for the device
 
 
 @pytest.mark.gpu
@@ -381,3 +381,27 @@ def test_missing_videos_stop_the_run_before_the_model_loads(setup, monkeypatch, 
     args = make_args(setup, "other_settings", video_dir=None, cache_dir=str(cache), allow_missing_videos=False)
     with pytest.raises(FileNotFoundError, match=r"3 of them are cached at other settings .*\"fps\": 2\.0"):
         ev.run_evaluation(args)
+
+
+def test_batch_size_picked_for_the_device():
+    import torch
+    from transformers import AutoConfig
+
+    from open_r1.modeling import ASSETS_DIR
+
+    config = AutoConfig.from_pretrained(ASSETS_DIR)
+    text = config.text_config
+    # Keys and values, every layer, bf16: 2 x 28 x 4 x 128 x 2 bytes for Qwen2.5-VL-7B.
+    per_token = (
+        2 * text.num_hidden_layers * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) * 2
+    )
+    assert ev.kv_bytes_per_token(config) == per_token == 57_344
+    row = 3584 + 128 + 1024  # the paper's video tokens, the prompt text, a 1024-token answer
+    assert ev.pick_batch_size(120 * 2**30, row, per_token) == 64  # an H200's free memory: the cap
+    assert ev.pick_batch_size(24 * 2**30, row, per_token) == int(0.5 * 24 * 2**30 // (row * per_token)) == 47
+    assert ev.pick_batch_size(2**20, row, per_token) == 1
+    args = EvalArguments(model_base="m", annotation_file="a.json", video_dir="v")
+    assert args.batch_size == 0  # the default: picked for the device
+    assert ev.device_batch_size(None, torch.device("cpu"), args) == 8
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        EvalArguments(model_base="m", annotation_file="a.json", video_dir="v", batch_size=-1)

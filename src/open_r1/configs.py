@@ -177,7 +177,13 @@ class EvalArguments(VideoDataArguments):
             "outputs/eval/<model name>/<dataset>_<split>[_no_think])."
         },
     )
-    batch_size: int = field(default=8, metadata={"help": "Queries per generate() call on each process."})
+    batch_size: int = field(
+        default=0,
+        metadata={
+            "help": "Queries per generate() call on each process. 0 (default): picked for the device: 8 on CPU; on "
+            "a GPU as many as half its free memory holds KV caches for (at most 64)."
+        },
+    )
     max_new_tokens: int = field(default=1024, metadata={"help": "Generation budget per answer (thinking included)."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding (the paper: greedy)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (only with --do_sample)."})
@@ -227,8 +233,8 @@ class EvalArguments(VideoDataArguments):
             raise ValueError("give --model_base (a checkpoint to evaluate) or --rescore predictions.jsonl")
         if self.rescore is None and self.cache_dir is None and self.video_dir is None:
             raise ValueError("give --video_dir (raw videos) and/or --cache_dir (preprocessed videos)")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size must be at least 1 (or 0: picked for the device), got {self.batch_size}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.max_queries is not None and self.max_queries < 1:

@@ -32,6 +32,7 @@ from open_r1.evaluation.predictions import (
     write_json_atomic,
 )
 from open_r1.jsonl import repair_tail
+from open_r1.video.sampling import IMAGE_FACTOR
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +231,48 @@ class BatchGenerator:
         return self.processor.batch_decode(completions, skip_special_tokens=True)
 
 
+CPU_BATCH_SIZE = 8
+MAX_BATCH_SIZE = 64
+
+
+def kv_bytes_per_token(config) -> int:
+    """Bytes of KV cache one token takes in every layer (keys and values, the model's dtype)."""
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    itemsize = torch_dtype_size(getattr(text, "dtype", None) or config.dtype)
+    return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * itemsize
+
+
+def torch_dtype_size(dtype) -> int:
+    import torch
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return torch.empty((), dtype=dtype or torch.float32).element_size()
+
+
+def pick_batch_size(free_bytes: int, row_tokens: int, bytes_per_token: int, share: float = 0.5) -> int:
+    """Rows whose KV caches fill ``share`` of ``free_bytes`` (at least 1, at most :data:`MAX_BATCH_SIZE`): the rest
+    is left for the prefill's activations and the allocator."""
+    rows = int(share * free_bytes // max(1, row_tokens * bytes_per_token))
+    return max(1, min(MAX_BATCH_SIZE, rows))
+
+
+def device_batch_size(model, device, args: EvalArguments) -> int:
+    """``--batch_size 0``: 8 on CPU; on a GPU from its free memory and one row's longest sequence (the video token
+    budget, ~128 text tokens, the answer)."""
+    import torch
+
+    if device.type != "cuda":
+        size = CPU_BATCH_SIZE
+    else:
+        free, _ = torch.cuda.mem_get_info(device)
+        row_tokens = args.to_settings().total_pixels // IMAGE_FACTOR**2 + 128 + args.max_new_tokens
+        size = pick_batch_size(free, row_tokens, kv_bytes_per_token(model.config))
+    logger.info("batch size %d (picked for %s; --batch_size N to choose)", size, device)
+    return size
+
+
 def _load_clips(source, queries: Sequence[dict[str, Any]], previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Decode each distinct video of a batch once (a video of the ``previous`` batch is taken from it); failures
     become ``(kind, message)`` tuples."""
@@ -395,7 +438,8 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> di
         if device.type == "cuda":
             torch.cuda.set_device(device)
         generate = BatchGenerator(args, device)
-        batches = [mine[i : i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
+        batch_size = args.batch_size or device_batch_size(generate.model, device, args)
+        batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
         hits = scored = 0
         # Decode the next batch's videos in a thread while the model generates the current one.
         with ThreadPoolExecutor(max_workers=1) as pool, own_file.open("a", encoding="utf-8") as out:
