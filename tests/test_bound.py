@@ -1,0 +1,65 @@
+"""benchmarks/bound.py: its FLOP formulas equal torch's FLOP counter on the tiny model's vision tower and language
+model (attention included), and its window layout is the tower's."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bound  # noqa: E402
+from phases import ATTENTION_FLOPS  # noqa: E402
+
+from open_r1.modeling import build_tiny_model, load_model  # noqa: E402
+from open_r1.positions import inner_vlm  # noqa: E402
+
+GRID = (4, 28, 44)  # edge windows of several sizes
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return inner_vlm(load_model(build_tiny_model(tmp_path_factory.mktemp("tiny_bound"))))
+
+
+def counted(fn) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def test_vision_formula_equals_the_counter(tiny):
+    vision = tiny.visual.config
+    width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    x = torch.randn(GRID[0] * GRID[1] * GRID[2], width)
+    flops = counted(lambda: tiny.visual(x, grid_thw=torch.tensor([GRID])))
+    assert flops == bound.vision_forward_flops(vision, GRID)
+    assert sum(bound.vision_windows(vision, GRID)) == GRID[0] * GRID[1] * GRID[2]
+
+
+def test_language_model_formula_equals_the_counter(tiny):
+    text = tiny.language_model.config
+    tokens = 40
+    embeds = torch.randn(1, tokens, text.hidden_size)
+    mask = torch.ones(tokens, tokens, dtype=torch.bool).tril()[None, None]  # dense 4-D: every score computed
+    positions = torch.arange(tokens).view(1, 1, -1).expand(3, 1, -1)
+    flops = counted(lambda: tiny.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions))
+    assert flops == bound.text_forward_flops(text, tokens, tokens * tokens)
+    assert bound.text_forward_flops(text, tokens, 0) == bound.text_linear_flops(text, tokens)
+
+
+def test_the_paper_step_bound():
+    from transformers import AutoConfig
+
+    from open_r1.modeling import ASSETS_DIR
+
+    phases = bound.step_phases(AutoConfig.from_pretrained(ASSETS_DIR))
+    dense = phases.pop("packed_dense_over_useful_scores")
+    assert 2.1 < dense < 2.3  # the packed passes' dense mask: over twice the useful attention work
+    # Decode reads every bf16 weight once per step: 200 steps of >= 15.2 GB at 4.8 TB/s.
+    assert phases["generation"]["bound_s"] > 200 * 15.2e9 / bound.BANDWIDTH
+    assert phases["backward"]["flops"] == 3 * phases["policy_forward"]["flops"]
+    total = sum(p["bound_s"] for p in phases.values())
+    assert 1.0 < total < 1.4  # seconds per step on one H200
