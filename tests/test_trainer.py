@@ -112,12 +112,10 @@ def direct_logps(model, batch, drop=()):
     return logps.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
 
 
-def test_logps_match_direct_forward_with_video(tiny_path, tmp_path):
-    """Every log-prob pass equals a forward built by the test alone: its own type ids, time intervals and positions."""
-    clips = CLIPS_AT_OTHER_RATES
-    trainer = make_trainer(tiny_path, tmp_path, clips=clips)
-    rows = [dict(row) for row in dataset(num_rows=3, videos=sorted(clips))]
-    rows = [row for row in rows for _ in range(4)]  # 4 completions per prompt, as the sampler repeats them
+def direct_forward_check(trainer, rows, clips):
+    """Rolls ``rows`` out and checks every log-prob pass (policy in chunks of 3 rows, reference inside the rollout)
+    against a forward built from each row's own clip alone: its own type ids, time intervals and positions. Returns
+    what the caller may test further: (rollout, the direct-forward batch, completion mask, expected log-probs)."""
     trainer.model.eval()
     out = trainer._generate_and_score_completions(rows)
 
@@ -128,8 +126,6 @@ def test_logps_match_direct_forward_with_video(tiny_path, tmp_path):
     # Type ids from the token ids themselves: 2 exactly on <|video_pad|>, 0 elsewhere (left padding included).
     type_ids = 2 * (input_ids == video_token).long()
     assert torch.equal(out["mm_token_type_ids"], type_ids)
-    video_tokens = (input_ids == video_token).sum(1)
-    assert sorted(set(video_tokens.tolist())) == [27, 32]  # 4x4x2 (w0, w2: same size) and 3x3x3 (w1)
 
     # Patches, grids and time intervals straight from each row's own clip.
     encoded = [encode_batch(trainer.processing_class, [row["prompt"]], [clips[row["video_id"]]]) for row in rows]
@@ -162,6 +158,21 @@ def test_logps_match_direct_forward_with_video(tiny_path, tmp_path):
 
     # Reference pass inside TRL's rollout (a reloaded copy of the same weights at step 0).
     torch.testing.assert_close(out["ref_per_token_logps"][mask], expected[mask], atol=2e-5, rtol=0)
+    return out, batch, mask, expected, width
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_work", "per_row"])
+def test_logps_match_direct_forward_with_video(tiny_path, tmp_path, shared):
+    """Every log-prob pass equals a forward built by the test alone, on the shared path and on the per-row path (the
+    `--shared_work false` switch), at 4, 1.7 and 768/500 fps."""
+    clips = CLIPS_AT_OTHER_RATES
+    trainer = make_trainer(tiny_path, tmp_path, clips=clips)
+    trainer.shared_work = shared
+    rows = [dict(row) for row in dataset(num_rows=3, videos=sorted(clips))]
+    rows = [row for row in rows for _ in range(4)]  # 4 completions per prompt, as the sampler repeats them
+    out, batch, mask, expected, width = direct_forward_check(trainer, rows, clips)
+    video_tokens = (batch["input_ids"] == trainer.model.config.video_token_id).sum(1)
+    assert sorted(set(video_tokens.tolist())) == [27, 32]  # 4x4x2 (w0, w2: same size) and 3x3x3 (w1)
 
     # What each of the original's bugs would change, all far beyond the matching tolerance: the model's 1.0 s default
     # instead of the clip's interval, the processor's silent 24 fps default, 1-D positions without type ids, and the
@@ -179,6 +190,42 @@ def test_logps_match_direct_forward_with_video(tiny_path, tmp_path):
     other = direct_logps(trainer.model, implicit)[:, -width:]
     set_position_layout(trainer.model, "reference")
     assert (other - expected)[mask].abs().max() > 1e-4
+
+
+ATTENTION_GAIN = 8.0
+
+
+def test_same_query_text_on_two_videos_of_one_size(tiny_path, tmp_path):
+    """Charades-STA repeats query texts across videos ("person opens the door"): two groups with identical prompt
+    token ids whose videos (w0, w2) have the same size but other content and rate. On both paths every log-prob pass
+    equals a direct forward with each row's own video, and the shared path samples (and decodes greedily) what the
+    per-row path does."""
+    clips = {name: CLIPS_AT_OTHER_RATES[name] for name in ("w0", "w2")}
+    prompt = build_conversation("person opens the door.", think=False)
+    rows = [
+        {"prompt": prompt, "video_id": name, "solution": [1.0, 2.0], "duration": 2.0}
+        for name in ("w0", "w2")
+        for _ in range(4)
+    ]
+    sampled, greedy = {}, {}
+    for shared in (False, True):
+        trainer = make_trainer(tiny_path, tmp_path / str(shared), clips=clips)
+        trainer.shared_work = shared
+        # The random tiny model attends almost uniformly, so its answers barely depend on the video: sharper
+        # attention (larger query weights) makes them depend on it.
+        for model in (trainer.model, trainer.ref_model):
+            with torch.no_grad():
+                for layer in model.model.language_model.layers:
+                    layer.self_attn.q_proj.weight.mul_(ATTENTION_GAIN)
+        torch.manual_seed(3)
+        out, *_ = direct_forward_check(trainer, rows, clips)
+        assert torch.equal(out["prompt_ids"][0], out["prompt_ids"][4])  # the same tokens, two videos
+        sampled[shared] = out["completion_ids"]
+        trainer.generation_config.do_sample = False
+        greedy[shared] = trainer._generate_and_score_completions(rows)["completion_ids"]
+    assert torch.equal(sampled[True], sampled[False])
+    assert torch.equal(greedy[True], greedy[False])
+    assert not torch.equal(greedy[True][0], greedy[True][4])  # the two videos do change the answer
 
 
 @pytest.mark.slow
