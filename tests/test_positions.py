@@ -194,3 +194,23 @@ def test_every_loader_logs_its_layout(tiny, caplog):
     assert "reference layout" in caplog.text
     with pytest.raises(ValueError, match="position_layout must be one of"):
         load_model(path, position_layout="vllm")
+
+
+def test_time_index_is_truncated_in_float32_like_the_reference():
+    """The reference computes grid step x second_per_grid_t x tokens_per_second in float32, then truncates. At a
+    sampling rate of 2.4 fps (second_per_grid_t = 2 / 2.4 as float32) step 3 is 5.0 in float32 but 4.99999... in
+    float64, so a float64 computation would place that step at time 4 instead of 5."""
+    from open_r1.positions import reference_rope_index
+
+    video_token = 7
+    grid = torch.tensor([[6, 2, 2]])  # 6 temporal steps of one merged token each (spatial merge 2)
+    ids = torch.tensor([[1] + [video_token] * 6 + [2]])
+    interval = torch.tensor([2 / 2.4], dtype=torch.float32)
+    positions, _ = reference_rope_index(
+        ids, None, grid, interval, None,
+        image_token_id=6, video_token_id=video_token, spatial_merge_size=2, tokens_per_second=2,
+    )  # fmt: skip
+    time = positions[0, 0, 1:7] - 1  # the video's temporal positions, from its start
+    assert time.tolist() == [0, 1, 3, 5, 6, 8]  # trunc(i x 0.8333 x 2) in float32
+    float64 = (torch.arange(6, dtype=torch.float64) * interval.double() * 2).long().tolist()
+    assert float64 == [0, 1, 3, 4, 6, 8]  # what the float64 mutant would give: step 3 differs

@@ -5,6 +5,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,13 @@ def test_cli_builds_entries_and_reports_failures(dataset, tmp_path):
     assert (run["done"], run["failed"], run["skipped"]) == (0, 2, 6)
 
 
+def dead_pid() -> int:
+    """The id of a process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 def test_resume_after_an_interrupted_run(dataset, tmp_path):
     annotation, video_dir = dataset
     videos = {p.stem: p for p in sorted(video_dir.glob("synth_*.mp4"))}
@@ -99,7 +108,10 @@ def test_resume_after_an_interrupted_run(dataset, tmp_path):
     reference = {vid: VideoCache(out).load(vid).frames.clone() for vid in videos}
     # Simulate a run killed mid-way: a half-written temporary file, a truncated entry (e.g. a disk-full copy), an
     # entry whose manifest line was never written, and an entry that was never made.
-    (out / ".synth_000.safetensors.4242.tmp").write_bytes(b"partial")
+    killed = dead_pid()
+    partial = out / f".synth_000.safetensors.{killed}.tmp"
+    partial.write_bytes(b"partial")
+    os.utime(partial, (time.time() - 3600, time.time() - 3600))  # the killed writer's file, an hour old
     damaged = out / "synth_001.safetensors"
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     (out / "synth_003.safetensors").unlink()
@@ -231,3 +243,66 @@ def test_default_worker_count_fits_the_memory(tmp_path):
     write_video(tmp_path / "videos" / "a.mp4", random_frames(8), 4.0)
     summary = preprocess_videos({"a": tmp_path / "videos" / "a.mp4"}, tmp_path / "c", SMALL_SETTINGS, progress=False)
     assert summary.peak_worker_rss_mb > 50 and "peak memory per worker" in summary.describe()
+
+
+@pytest.mark.parametrize(
+    "decoded, expected, claimed, short",
+    [
+        (9.0, 10.0, None, None),  # 1.0 s short of 10 s: exactly the 1-second floor, accepted
+        (8.99, 10.0, None, ("the annotation says 10.00 s", 1.01)),  # just past the floor
+        (38.0, 40.0, None, None),  # 2.0 s short of 40 s: exactly 5 %, accepted
+        (38.5, 40.0, None, None),  # past 1 s but within 5 %: the larger of the two tolerances applies
+        (37.9, 40.0, None, ("the annotation says 40.00 s", 2.1)),  # just past 5 %
+        (9.0, 8.0, 20.0, ("the container says 20.00 s", 11.0)),  # the container's claim counts too
+        (9.0, None, None, None),  # nothing to compare with
+    ],
+)
+def test_duration_tolerance_is_the_larger_of_1_s_and_5_percent(decoded, expected, claimed, short):
+    found = preprocess.DurationPolicy().shortfall(decoded, expected, claimed)
+    if short is None:
+        assert found is None
+    else:
+        assert found[0] == short[0] and found[1] == pytest.approx(short[1])
+
+
+def test_a_second_run_leaves_a_running_writer_alone(dataset, tmp_path, monkeypatch):
+    """A run writing a large entry on a slow disk pauses between writing its temporary file and renaming it; a second
+    run started on the same cache meanwhile must not delete that file (the first run's save then failed with
+    FileNotFoundError). Abandoned files (writer gone, old) are still removed."""
+    from open_r1.video import cache as cache_module
+
+    annotation, video_dir = dataset
+    videos = {p.stem: p for p in sorted(video_dir.glob("synth_*.mp4"))}
+    out = tmp_path / "cache"
+    written, release = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def slow_rename(src, dst):
+        if str(src).endswith(".tmp") and "synth_000" in str(src):
+            written.set()
+            release.wait(60)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(cache_module.os, "replace", slow_rename)
+    errors = []
+
+    def first_run():
+        try:
+            preprocess_videos({"synth_000": videos["synth_000"]}, out, SETTINGS, progress=False, num_workers=1)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    writer = threading.Thread(target=first_run)
+    writer.start()
+    assert written.wait(60), "the first run never wrote its temporary file"
+    in_flight = list(out.glob(".*.tmp"))
+    assert len(in_flight) == 1
+    abandoned = out / f".synth_009.safetensors.{dead_pid()}.tmp"
+    abandoned.write_bytes(b"left by a killed run")
+    os.utime(abandoned, (time.time() - 3600, time.time() - 3600))
+    second = preprocess_videos({"synth_001": videos["synth_001"]}, out, SETTINGS, progress=False, num_workers=1)
+    assert second.done == 1
+    assert in_flight[0].exists() and not abandoned.exists()
+    release.set()
+    writer.join(60)
+    assert errors == [] and VideoCache(out).verify_entry("synth_000", SETTINGS) is None

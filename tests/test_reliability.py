@@ -221,6 +221,7 @@ def test_flipped_frame_bytes_are_caught_by_verify_and_redone_on_resume(entry, tm
         ({"sample_fps": "0.0"}, "sample_fps"),
         ({"sample_fps": "nan"}, "sample_fps"),
         ({"sample_fps": "1e-300"}, "sample_fps"),
+        ({"sample_fps": "3.0"}, "sample_fps 3.0 is not 8 / 16 x 4.0"),  # plausible, but not how it is computed
         ({"source_fps": "inf"}, "source_fps"),
         ({"frame_indices": "[0, 1]"}, "frame indices"),
         ({"frame_indices": "[5, 4, 3, 2, 1, 0, 6, 7]"}, "increasing"),

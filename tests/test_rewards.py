@@ -77,6 +77,8 @@ def test_iou_reward(completion, solution, reward):
         ("<think>a</think><answer>1 to 2</answer><answer>3 to 4</answer>", 0.0),  # two answer blocks
         ("<think>a</think><think>b</think><answer>1 to 2</answer>", 0.0),  # two think blocks
         ("<think>a <answer>0 to 1</answer></think><answer>1 to 2</answer>", 0.0),  # answer tag inside think
+        ("<think>a <answer>1 to 2</think></answer>", 0.0),  # answer opened inside the think block (one tag each)
+        ("<think><answer></think>1 to 2</answer>", 0.0),  # the answer starts before the reasoning ends
         ("<think>a</think><answer>1 to 2", 0.0),  # truncated generation
         ("<THINK>a</THINK><ANSWER>1 to 2</ANSWER>", 0.0),  # tags are exact
         ("", 0.0),  # empty text

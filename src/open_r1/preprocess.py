@@ -40,6 +40,7 @@ from open_r1.configs import (
 )
 from open_r1.jsonl import read_jsonl, repair_tail
 from open_r1.video import DECODERS, VideoCache, VideoDecodeError, decode_video, settings_key, video_id_problem
+from open_r1.video.cache import abandoned_temporary_files
 
 logger = logging.getLogger(__name__)
 
@@ -405,8 +406,8 @@ def preprocess_videos(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cache = VideoCache(output_dir)
-    # Temporary files are only ever left by a killed run: they are never read, only removed.
-    for stale in output_dir.glob(".*.safetensors.*.tmp"):
+    # Temporary files left by a killed run are never read, only removed; those of a run still writing are left alone.
+    for stale in abandoned_temporary_files(output_dir):
         stale.unlink(missing_ok=True)
 
     manifest = read_manifest(output_dir)

@@ -16,6 +16,11 @@ from open_r1.video.ids import check_video_id
 from open_r1.video.sampling import FRAME_FACTOR, IMAGE_FACTOR, num_sampled_frames, resized_frame_size
 
 CACHE_FORMAT_VERSION = "1"
+# An entry is written as ".<id>.safetensors.<writer pid>.tmp", then renamed.
+TEMPORARY_GLOB = ".*.safetensors.*.tmp"
+# A temporary file whose writer is not running on this machine is removed only once it is this old: on a shared (network)
+# disk the writer may be another machine's process, and writing one entry takes seconds, not minutes.
+ABANDONED_AFTER_S = 600.0
 
 
 def settings_key(settings: VideoSettings) -> dict:
@@ -139,7 +144,7 @@ class VideoCache:
 
         path = self.path(video_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # matches TEMPORARY_GLOB
         try:
             save_file({"frames": clip.frames.contiguous()}, str(tmp), metadata=clip_metadata(video_id, clip, settings))
             os.chmod(tmp, 0o644)  # safetensors creates owner-only files; a shared cache must be readable by others
@@ -257,3 +262,36 @@ def clip_from_metadata(frames: torch.Tensor, meta: dict[str, str]) -> VideoClip:
         container_duration=float(meta.get("container_duration", 0.0)),
         timestamp_max_offset=float(meta.get("timestamp_max_offset", 0.0)),
     )
+
+
+def _process_is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def abandoned_temporary_files(root, min_age_s: float = ABANDONED_AFTER_S, now: float | None = None) -> list[Path]:
+    """Temporary entry files under ``root`` that no writer will rename: their writer (the process id in the name) is
+    not running on this machine and they are at least ``min_age_s`` old. A file still being written by a live run,
+    here or (younger than ``min_age_s``) on another machine sharing the disk, is never listed."""
+    import time
+
+    now = time.time() if now is None else now
+    abandoned = []
+    for tmp in Path(root).glob(TEMPORARY_GLOB):
+        pid_text = tmp.name[: -len(".tmp")].rsplit(".", 1)[-1]
+        if pid_text.isdigit() and _process_is_running(int(pid_text)):
+            continue
+        try:
+            age = now - tmp.stat().st_mtime
+        except FileNotFoundError:  # renamed or removed meanwhile
+            continue
+        if age >= min_age_s:
+            abandoned.append(tmp)
+    return abandoned
