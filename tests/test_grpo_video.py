@@ -13,6 +13,7 @@ from trl import GRPOConfig, ModelConfig, TrlParser
 from open_r1.configs import GRPOScriptArguments
 from open_r1.grpo_video import cli
 from open_r1.modeling import load_model, load_processor
+from open_r1.preflight import PreflightError
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +75,10 @@ def test_recipe_yaml_and_cli_override(setup, tmp_path):
     recipe.write_text("num_generations: 4\nreward_funcs:\n  - iou\n  - nonexistent\n")
     args = base_args(setup, tmp_path / "out")
     args[args.index("--model_name_or_path") + 1] = str(tmp_path / "no_model_here")
-    with pytest.raises(ValueError, match="nonexistent"):
+    # Every problem is named in one message (pre-flight), the missing model folder among them.
+    with pytest.raises(PreflightError, match=r"(?s)2 problems.*model folder not found.*no_model_here.*nonexistent"):
         cli(["--config", str(recipe), *args])
-    with pytest.raises(FileNotFoundError, match="checkpoint"):
+    with pytest.raises(PreflightError, match=r"(?s)model folder not found.*no checkpoint-\* folder"):
         cli(["--config", str(recipe), *args, "--reward_funcs", "iou", "format", "--resume_from_checkpoint", "latest"])
 
 
@@ -89,7 +91,7 @@ def test_missing_videos_are_counted_before_the_model_loads(setup, tmp_path):
     args = base_args(setup, tmp_path / "out")
     args[args.index("--annotation_file") + 1] = str(bad)
     args[args.index("--model_name_or_path") + 1] = str(tmp_path / "no_model_here")
-    with pytest.raises(FileNotFoundError, match=r"2 of 6 videos .*ghost_1, ghost_2"):
+    with pytest.raises(PreflightError, match=r"(?s)model folder not found.*2 of 6 videos .*ghost_1, ghost_2"):
         cli(args)
 
 

@@ -173,27 +173,30 @@ def resolve_checkpoint(training_args: GRPOConfig) -> str | None:
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig, callbacks=None):
     """Train and save; returns the trainer (its ``state.log_history`` holds every logged reward)."""
-    from open_r1.modeling import check_model_path
+    from open_r1.preflight import Preflight, model_problem, output_problem
     from open_r1.rewards import get_reward_funcs
     from open_r1.trainer import VideoGRPOTrainer
 
-    if model_args.model_name_or_path is None:
-        raise ValueError("give --model_name_or_path")
-    # Checks that need no model.
-    check_reporting(training_args)
-    reward_funcs = get_reward_funcs(script_args.reward_funcs)
-    rows = load_rows(script_args)
-    source = video_source(script_args)
-    rows = check_videos(rows, source)
-    check_batch_sizes(training_args, len(rows))
-    checkpoint = resolve_checkpoint(training_args)
+    # Every check that needs no model, all problems reported together.
+    checks = Preflight("training")
+    checks.add(model_problem(model_args.model_name_or_path))
+    checks.add(output_problem(training_args.output_dir))
+    checks.run(check_reporting, training_args)
+    reward_funcs = checks.run(get_reward_funcs, script_args.reward_funcs)
+    rows = checks.run(load_rows, script_args)
+    source = checks.run(video_source, script_args)
+    if rows is not None and source is not None:
+        rows = checks.run(check_videos, rows, source)
+    if rows is not None:
+        checks.run(check_batch_sizes, training_args, len(rows))
+    checkpoint = checks.run(resolve_checkpoint, training_args)
+    checks.finish()
     if training_args.remove_unused_columns:
         logger.info("remove_unused_columns forced to False: the rewards read the solution and duration columns")
         training_args.remove_unused_columns = False
     dataset = build_dataset(rows, script_args)
     logger.info("%d training queries over %d videos", len(rows), len({r["video_id"] for r in rows}))
 
-    check_model_path(model_args.model_name_or_path)  # the last check before loading: a local folder must exist
     model, processor, reference_dtype = load_for_training(script_args, training_args, model_args)
     trainer = VideoGRPOTrainer(
         model=model,

@@ -127,23 +127,26 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         train_and_save,
         video_source,
     )
-    from open_r1.modeling import check_model_path
+    from open_r1.preflight import Preflight, model_problem, output_problem
     from open_r1.trainer import vision_tower
 
-    if model_args.model_name_or_path is None:
-        raise ValueError("give --model_name_or_path")
-    check_reporting(training_args)
-    rows = load_rows(script_args)
-    source = video_source(script_args)
-    rows = check_videos(rows, source)
-    checkpoint = resolve_checkpoint(training_args)
+    # Every check that needs no model, all problems reported together.
+    checks = Preflight("warm start")
+    checks.add(model_problem(model_args.model_name_or_path))
+    checks.add(output_problem(training_args.output_dir))
+    checks.run(check_reporting, training_args)
+    rows = checks.run(load_rows, script_args)
+    source = checks.run(video_source, script_args)
+    if rows is not None and source is not None:
+        rows = checks.run(check_videos, rows, source)
+    checkpoint = checks.run(resolve_checkpoint, training_args)
+    checks.finish()
     # The collator reads the prompt, video id and answer columns; the dataset is encoded on the fly.
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     dataset = build_dataset(rows, script_args)
     logger.info("%d warm-start queries over %d videos", len(rows), len({r["video_id"] for r in rows}))
 
-    check_model_path(model_args.model_name_or_path)  # the last check before loading: a local folder must exist
     model, processor, _ = load_for_training(script_args, training_args, model_args)
     if script_args.freeze_vision_tower:
         vision_tower(model).requires_grad_(False)

@@ -371,19 +371,22 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
         args = EvalArguments(**args)
     if args.rescore is not None:
         return rescore_predictions(args.rescore, allow_mixed=args.allow_mixed)
-    from open_r1.modeling import check_model_path
-
-    check_model_path(args.model_base)  # a misspelled local folder fails here, not after a Hub lookup
-    queries, name = resolve_queries(args)
-    if not queries:
-        raise ValueError(f"{name}: no queries to evaluate")
+    from open_r1.preflight import Preflight, model_problem, output_problem
     from open_r1.video import VideoSource, describe_missing
 
+    # Every check that needs no model, all problems reported together.
+    checks = Preflight("evaluation")
+    checks.add(model_problem(args.model_base, flag="--model_base"))
+    queries, name = checks.run(resolve_queries, args) or ([], None)
+    if name is not None and not queries:
+        checks.add(f"{name}: no queries to evaluate")
+    checks.add(output_problem(args.output_dir or (default_output_dir(args, name) if name else None)))
     source = VideoSource(args.to_settings(), cache_dir=args.cache_dir, video_dir=args.video_dir)
-    missing = describe_missing(source, [q["video_id"] for q in queries])
+    missing = describe_missing(source, [q["video_id"] for q in queries]) if queries else None
     if missing and not args.allow_missing_videos:
         # Before the model loads: a misspelled --cache_dir would otherwise score every query 0 and exit 0.
-        raise FileNotFoundError(f"{name}: {missing} --allow_missing_videos scores them as failures instead.")
+        checks.fail(FileNotFoundError(f"{name}: {missing} --allow_missing_videos scores them as failures instead."))
+    checks.finish()
     if missing:
         logger.warning("%s: %s They score IoU 0 (missing_video).", name, missing)
     import torch

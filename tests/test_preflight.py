@@ -1,0 +1,114 @@
+"""open_r1.preflight: training, the warm start and evaluation check everything they can before loading anything and
+name every problem in one message, in seconds and without a network."""
+
+import time
+
+import pytest
+from _entry_points import common_args, tiny_setup
+
+from open_r1.configs import EvalArguments
+from open_r1.grpo_video import cli as train_cli
+from open_r1.preflight import Preflight, PreflightError, model_problem, output_problem
+from open_r1.sft_video import cli as warm_start_cli
+
+FAST = 10.0  # seconds: the issue's bound for a pre-flight failure without network
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return tiny_setup(tmp_path_factory, "preflight")
+
+
+def entry_args(setup, output_dir, grpo: bool, **replace):
+    extra = ["--num_generations", "4", "--max_completion_length", "8"] if grpo else []
+    args = common_args(setup, output_dir, *extra)
+    for flag, value in replace.items():
+        args[args.index(f"--{flag}") + 1] = value
+    return args
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online_without_network", "offline"])
+@pytest.mark.parametrize("entry", [train_cli, warm_start_cli], ids=["training", "warm_start"])
+def test_a_hub_looking_missing_model_and_a_missing_cache_are_named_together(
+    setup, tmp_path, monkeypatch, entry, offline
+):
+    # `outputs/my_run` where ./outputs does not exist looks like a Hub id: before, it retried the Hub for minutes,
+    # and the missing cache was reported first without naming the model.
+    monkeypatch.chdir(tmp_path)
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    args = entry_args(
+        setup,
+        tmp_path / "out",
+        entry is train_cli,
+        model_name_or_path="outputs/my_run",
+        video_dir=str(tmp_path / "no_videos"),
+    )
+    started = time.perf_counter()
+    with pytest.raises(PreflightError) as caught:
+        entry(args)
+    assert time.perf_counter() - started < FAST
+    message = str(caught.value)
+    assert "2 problems" in message
+    assert "'outputs/my_run': not a local folder" in message
+    assert ("offline mode" if offline else "could not be reached") in message
+    assert "4 of 4 videos (4 of 4 queries) are not available" in message and str(tmp_path / "no_videos") in message
+
+
+def test_offline_hub_id_fails_in_seconds(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    problem = model_problem("my-org/model")
+    assert time.perf_counter() - started < FAST
+    assert "offline mode (HF_HUB_OFFLINE) has no cached copy" in problem
+
+
+def test_a_model_folder_without_config_is_named(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"")
+    assert (
+        model_problem(tmp_path / "ckpt")
+        == f"no config.json in the model folder {tmp_path / 'ckpt'} (a checkpoint folder holds config.json)"
+    )
+    (tmp_path / "weights.bin").write_bytes(b"")
+    assert "is a file, not a model folder" in model_problem(tmp_path / "weights.bin")
+
+
+def test_output_folder_problems(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert "is a file, not a folder" in output_problem(tmp_path / "file")
+    assert "cannot be created" in output_problem(tmp_path / "file" / "run")
+    assert output_problem(tmp_path / "new" / "run") is None
+
+
+def test_evaluation_names_model_annotation_and_output_together(setup, tmp_path):
+    from open_r1.evaluation import run_evaluation
+
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    args = EvalArguments(
+        model_base=str(tmp_path / "no_model"),
+        annotation_file=str(tmp_path / "missing.json"),
+        video_dir=str(setup[2]),
+        output_dir=str(tmp_path / "taken"),
+    )
+    started = time.perf_counter()
+    with pytest.raises(PreflightError) as caught:
+        run_evaluation(args)
+    assert time.perf_counter() - started < FAST
+    message = str(caught.value)
+    assert "evaluation: 3 problems" in message
+    assert "model folder not found" in message and "no_model" in message
+    assert "missing.json" in message
+    assert "is a file, not a folder" in message
+
+
+def test_one_problem_keeps_its_own_type_and_message():
+    checks = Preflight("job")
+    checks.run(open, "/surely/not/a/file")
+    with pytest.raises(FileNotFoundError, match="/surely/not/a/file"):
+        checks.finish()
+    fine = Preflight("job")
+    assert fine.run(int, "7") == 7
+    fine.finish()  # nothing to report
