@@ -84,13 +84,7 @@ def test_merge_predictions_orders_and_deduplicates(tmp_path):
 
 
 def test_rescore_cli_prints_the_table(predictions_file, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("evaluate_cli", Path(__file__).parents[1] / "evaluate.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    metrics = cli.main(["--rescore", str(predictions_file)])
+    metrics = evaluate_cli().main(["--rescore", str(predictions_file)])
     out = capsys.readouterr().out
     assert "R1@0.3" in out and "60.00" in out and "48.00" in out and "5 queries" in out
     assert metrics["mIoU"] == 48.0
@@ -99,3 +93,40 @@ def test_rescore_cli_prints_the_table(predictions_file, capsys):
 def test_rescore_record_keeps_a_video_failure():
     record = rescore_record(line("c#0", [[1.0, 2.0]], error="decode_error"))
     assert record["error"] == "decode_error" and record["iou"] == 0.0
+
+
+def evaluate_cli():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("evaluate_cli", Path(__file__).parents[1] / "evaluate.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_rescore_cli_passes_allow_mixed(tmp_path, capsys):
+    path = tmp_path / "predictions.jsonl"
+    runs = [
+        dict(line("a#0", [[0.0, 10.0]], pred=[0.0, 5.0]), run_id="r1"),
+        dict(line("b#0", [[1.0, 2.0]]), run_id="r2"),
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    cli = evaluate_cli()
+    with pytest.raises(ValueError, match="mixes predictions of 2 runs"):
+        cli.main(["--rescore", str(path)])
+    metrics = cli.main(["--rescore", str(path), "--allow_mixed"])  # before: the flag was dropped, same refusal
+    assert metrics["num_queries"] == 2 and metrics["mIoU"] == 25.0
+
+
+def test_rescore_keeps_the_run_fields_and_says_it_replaces(predictions_file, caplog):
+    import logging
+
+    folder = predictions_file.parent
+    (folder / "metrics.json").write_text(json.dumps({"mIoU": 99.0, "run": "charades_test", "model_base": "ckpt"}))
+    with caplog.at_level(logging.INFO):
+        metrics = rescore_predictions(predictions_file)
+    written = json.loads((folder / "metrics.json").read_text())
+    assert written == metrics and written["mIoU"] == 48.0
+    assert written["run"] == "charades_test" and written["model_base"] == "ckpt"
+    assert f"replacing {folder / 'metrics.json'} and eval_plot.png" in caplog.text

@@ -28,7 +28,7 @@ def main(argv=None) -> dict:
     argv = normalize_video_flags(list(sys.argv[1:] if argv is None else argv))
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=argv)
     if args.rescore is not None:
-        metrics = rescore_predictions(args.rescore)
+        metrics = rescore_predictions(args.rescore, allow_mixed=args.allow_mixed)
         title = f"rescored {args.rescore}"
     else:
         metrics = run_evaluation(args)

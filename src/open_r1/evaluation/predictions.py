@@ -168,7 +168,25 @@ def rescore_predictions(
     records = [rescore_record(r) for r in records]
     metrics = compute_metrics(records)
     if write:
-        write_json_atomic(path.parent / METRICS_FILE, metrics)
+        target = path.parent / METRICS_FILE
+        # The run's own fields (its name and model) stay: they come from the run, not from the predictions.
+        metrics |= {key: value for key, value in _run_fields(path.parent).items() if key not in metrics}
+        logger.info("rescored %s: replacing %s%s", path, target, " and " + PLOT_FILE if plot else "")
+        write_json_atomic(target, metrics)
         if plot:
             plot_predictions(records, path.parent / PLOT_FILE)
     return metrics
+
+
+def _run_fields(folder: Path) -> dict[str, Any]:
+    """``run`` and ``model_base`` of the evaluation run in ``folder``: from its metrics.json, else its config."""
+    for name in (METRICS_FILE, CONFIG_FILE):
+        try:
+            saved = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict):
+            fields = {key: saved[key] for key in ("run", "model_base") if key in saved}
+            if fields:
+                return fields
+    return {}
