@@ -306,3 +306,26 @@ def test_a_second_run_leaves_a_running_writer_alone(dataset, tmp_path, monkeypat
     release.set()
     writer.join(60)
     assert errors == [] and VideoCache(out).verify_entry("synth_000", SETTINGS) is None
+
+
+def test_verify_a_missing_folder_or_without_the_cache_flags(dataset, tmp_path, caplog):
+    import logging
+
+    annotation, video_dir = dataset
+    with caplog.at_level(logging.ERROR):
+        assert main(["--verify", "--output_dir", str(tmp_path / "no_cache"), "--no_progress"]) == 2  # before: 0
+    assert f"no cache folder at {tmp_path / 'no_cache'}" in caplog.text
+    out = tmp_path / "cache"
+    videos = {p.stem: p for p in sorted(video_dir.glob("synth_*.mp4"))}
+    preprocess_videos(videos, out, SMALL_SETTINGS, progress=False)
+    small_flags = ["--video_fps", "2", "--video_total_pixels", str(56 * 56 * 24), "--video_min_pixels", str(56 * 56)]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        # Without the cache's video flags: intact entries are intact (before: every one reported damaged, rc 1).
+        assert main(["--verify", "--output_dir", str(out), "--no_progress"]) == 0
+    assert "damaged" not in caplog.text.replace("0 damaged", "")
+    assert "4 intact entries were made with other video settings than these flags" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["--verify", "--output_dir", str(out), "--no_progress", *small_flags]) == 0
+    assert "other video settings" not in caplog.text and "verified 4 entries" in caplog.text

@@ -615,20 +615,26 @@ def build_parser() -> argparse.ArgumentParser:
 def verify_cache(output_dir, video_ids=None, settings: VideoSettings | None = None, progress: bool = True) -> dict:
     """Read every entry of the cache (or those of ``video_ids``) against its header checks and frame checksum.
 
-    Returns ``{"checked", "damaged": [(id, reason)], "unverified": [ids written without a checksum]}``.
+    An entry is checked against the settings it records; one that is intact but was made with settings other than
+    ``settings`` is listed apart, not as damaged. Returns ``{"checked", "damaged": [(id, reason)], "unverified": [ids
+    written without a checksum], "other_settings": [(id, its settings)]}``.
     """
     cache = VideoCache(output_dir)
     if video_ids is None:
         video_ids = sorted(path.name[: -len(VideoCache.SUFFIX)] for path in Path(output_dir).glob("*.safetensors"))
-    report = {"checked": 0, "damaged": [], "unverified": []}
+    report = {"checked": 0, "damaged": [], "unverified": [], "other_settings": []}
     for video_id in tqdm(video_ids, desc="verifying", unit="entry", disable=not progress):
         report["checked"] += 1
         problem = video_id_problem(video_id)
-        problem = f"invalid video id: {problem}" if problem else cache.verify_entry(video_id, settings)
+        problem = f"invalid video id: {problem}" if problem else cache.verify_entry(video_id)
         if problem is not None:
             report["damaged"].append((video_id, problem))
-        elif "frames_sha256" not in cache.metadata(video_id):
+            continue
+        meta = cache.metadata(video_id)
+        if "frames_sha256" not in meta:
             report["unverified"].append(video_id)
+        if settings is not None and cache.problem(video_id, settings) is not None:
+            report["other_settings"].append((video_id, meta.get("settings", "")))
     return report
 
 
@@ -645,10 +651,20 @@ def main(argv: list[str] | None = None) -> int:
     from open_r1.video import find_video
 
     if args.verify:
+        if not Path(args.output_dir).is_dir():
+            logger.error("--verify: no cache folder at %s", os.path.abspath(args.output_dir))
+            return 2
         ids = video_ids_from_sources(args.sources) if args.sources else None
         report = verify_cache(args.output_dir, ids, settings, progress=not args.no_progress)
         for video_id, reason in report["damaged"]:
             logger.error("damaged %s: %s", video_id, reason)
+        if report["other_settings"]:
+            video_id, stored = report["other_settings"][0]
+            logger.warning(
+                "%d intact entries were made with other video settings than these flags (e.g. %s: %s; the flags "
+                "give %s): pass the flags the cache was built with to train or evaluate from it",
+                len(report["other_settings"]), video_id, stored, json.dumps(settings_key(settings), sort_keys=True),
+            )  # fmt: skip
         logger.info(
             "verified %d entries in %s: %d damaged, %d without a checksum (written before checksums; rerun "
             "preprocessing after deleting them to add one)",
