@@ -17,6 +17,7 @@ from open_r1.demo import (
     reward_trend,
     run_demo,
 )
+from open_r1.demo import main as demo_main
 from open_r1.evaluation import compute_metrics
 
 
@@ -123,3 +124,27 @@ def test_the_launcher_runs_the_demo_recipe_on_a_cpu(tmp_path):
     card = (out / "README.md").read_text()  # written by TRL at the checkpoint
     assert "[None]" not in card and str(demo / "warm_start") in card
     assert result.stderr.count("Traceback") == 0
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--train_videos", "0"], "--train_videos: must be at least 1, got 0"),  # before: silently 256
+        (["--train_videos", "-3"], "--train_videos: must be at least 1, got -3"),
+        (["--grpo_steps", "-5"], "--grpo_steps: must be at least 1, got -5"),  # before: whole epochs
+        (["--sft_steps", "0"], "--sft_steps: must be at least 1, got 0"),
+        (["--sft_steps", "x"], "--sft_steps: not an integer: 'x'"),
+        (["--grpo_lr", "0"], "--grpo_lr: must be a positive number, got 0"),
+    ],
+)
+def test_demo_flags_are_checked_before_any_work(flags, message, capsys):
+    with pytest.raises(SystemExit) as caught:
+        demo_main(flags)
+    assert caught.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_demo_output_dir_naming_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(SystemExit):
+        demo_main(["--output_dir", str(tmp_path / "taken")])
+    assert f"--output_dir {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def add_task_arguments(parser: argparse.ArgumentParser, output_dir: str) -> None
     """Flags that change the demo's synthetic task, defaulting to it (for the probes in benchmarks/); read them back
     with :func:`task_data`."""
     parser.add_argument("--output_dir", default=output_dir)
-    parser.add_argument("--train_videos", type=int, default=SPLITS["train"][0])
+    parser.add_argument("--train_videos", type=positive_int, default=SPLITS["train"][0])
     parser.add_argument("--events", type=int, default=DEMO_DATA["events_per_video"],
                         help="Events per clip (the query names one).")  # fmt: skip
     parser.add_argument("--shape_size", type=float, default=DEMO_DATA["shape_size"],
@@ -377,23 +377,51 @@ def run_demo(
     return summary
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (0 or -5 steps would train whole epochs or fail deep inside)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/demo", help="Where data, cache, checkpoints and plots go.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the model, the warm start and GRPO sampling.")
-    parser.add_argument("--sft_steps", type=int, default=300, help="Warm-start steps.")
-    parser.add_argument("--sft_batch_size", type=int, default=16, help="Queries per warm-start step.")
+    parser.add_argument("--sft_steps", type=positive_int, default=300, help="Warm-start steps.")
+    parser.add_argument("--sft_batch_size", type=positive_int, default=16, help="Queries per warm-start step.")
     parser.add_argument(
-        "--grpo_steps", type=int, default=60, help="GRPO steps (--grpo_queries queries x 8 completions each)."
+        "--grpo_steps", type=positive_int, default=60, help="GRPO steps (--grpo_queries queries x 8 completions each)."
     )
-    parser.add_argument("--grpo_lr", type=float, default=2e-4, help="GRPO learning rate.")
-    parser.add_argument("--grpo_queries", type=int, default=2, help="Queries per GRPO step (8 completions each).")
+    parser.add_argument("--grpo_lr", type=positive_float, default=2e-4, help="GRPO learning rate.")
+    parser.add_argument(
+        "--grpo_queries", type=positive_int, default=2, help="Queries per GRPO step (8 completions each)."
+    )
     parser.add_argument("--warm_start", default=None, help="Start GRPO from this checkpoint instead of training one "
                         "('bundled': the shipped seed-0 warm start).")  # fmt: skip
     parser.add_argument("--build_warm_start", default=None, metavar="DIR", help="Only train the warm start (stages "
                         "1-3, --seed, --sft_steps) under --output_dir and export the checkpoint to DIR.")  # fmt: skip
-    parser.add_argument("--train_videos", type=int, default=None, help="Training videos (default 64, 2 queries each).")
+    parser.add_argument(
+        "--train_videos", type=positive_int, default=SPLITS["train"][0],
+        help=f"Training videos (default {SPLITS['train'][0]}, one query each).",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output_dir {Path(args.output_dir).resolve()} is a file, not a folder")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.build_warm_start:
         build_warm_start(Path(args.build_warm_start), Path(args.output_dir), args.seed, args.sft_steps)
