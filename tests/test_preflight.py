@@ -1,7 +1,9 @@
 """open_r1.preflight: training, the warm start and evaluation check everything they can before loading anything and
 name every problem in one message, in seconds and without a network."""
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 from _entry_points import common_args, tiny_setup
@@ -112,3 +114,80 @@ def test_one_problem_keeps_its_own_type_and_message():
     fine = Preflight("job")
     assert fine.run(int, "7") == 7
     fine.finish()  # nothing to report
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A copy of the bundled warm start (a complete, loadable checkpoint) to damage."""
+    import shutil
+
+    from open_r1.demo import BUNDLED_WARM_START
+
+    return Path(shutil.copytree(BUNDLED_WARM_START, tmp_path / "ckpt"))
+
+
+def test_a_complete_checkpoint_passes(checkpoint):
+    assert model_problem(checkpoint) is None
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (lambda c: (c / "tokenizer.json").unlink(), "no tokenizer in"),
+        (lambda c: (c / "processor_config.json").unlink(), "no processor config in"),
+        (lambda c: (c / "chat_template.jinja").unlink(), "no chat template in"),
+        (lambda c: (c / "model.safetensors").unlink(), "no weights in"),
+        (lambda c: (c / "config.json").write_text("{broken"), "config.json is not readable JSON"),
+        (
+            lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:-1000]),
+            "model.safetensors is truncated or damaged",
+        ),
+        (lambda c: (c / "model.safetensors").write_bytes(b"\x00" * 4), "model.safetensors is truncated or not"),
+        (
+            lambda c: (c / "config.json").write_text(
+                json.dumps(
+                    {
+                        **json.loads((c / "config.json").read_text()),
+                        "text_config": {
+                            **json.loads((c / "config.json").read_text())["text_config"],
+                            "vocab_size": 999,
+                        },
+                    }
+                )
+            ),
+            "model.embed_tokens.weight is [2112, 64], but config.json says vocab_size 999",
+        ),
+    ],
+)
+def test_a_damaged_checkpoint_is_named_before_loading(checkpoint, damage, named):
+    # Before: a missing config built a default-size model (killed for memory), missing tokenizer files scored every
+    # query 0 with exit 0, a truncated file or bad JSON failed deep in the loaders without the path.
+    damage(checkpoint)
+    problem = model_problem(checkpoint)
+    assert problem and named in problem and str(checkpoint) in problem
+
+
+def test_demo_checks_its_warm_start_before_any_work(checkpoint, tmp_path):
+    from open_r1.demo import run_demo
+
+    (checkpoint / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no config.json in the model folder"):
+        run_demo(tmp_path / "demo", warm_start=checkpoint)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_evaluation_fails_when_no_query_could_be_generated(tmp_path):
+    from open_r1.evaluation.runner import check_generation_worked
+
+    path = tmp_path / "predictions.jsonl"
+    record = {"query_id": "q", "video_id": "v", "query": "x", "gt": [[1.0, 2.0]], "output": None, "error": "generation_error",
+              "detail": "ValueError: tokenizer files missing"}  # fmt: skip
+    path.write_text(json.dumps(record) + "\n")
+    all_failed = {
+        "num_queries": 3,
+        "failures": {"generation_error": 2, "missing_video": 1},
+        "output_dir": str(tmp_path),
+    }
+    with pytest.raises(RuntimeError, match="every one of the 2 queries .*tokenizer files missing"):
+        check_generation_worked(all_failed, "ckpt")
+    check_generation_worked({**all_failed, "failures": {"generation_error": 1, "missing_video": 1}}, "ckpt")

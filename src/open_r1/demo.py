@@ -319,7 +319,13 @@ def run_demo(
     """Run every stage; returns the summary written to ``OUTPUT_DIR/summary.json``."""
     from open_r1.evaluation import compute_metrics
     from open_r1.modeling import build_tiny_model
+    from open_r1.preflight import model_problem
 
+    if warm_start is not None:
+        warm_start = BUNDLED_WARM_START if str(warm_start) == "bundled" else Path(warm_start)
+        problem = model_problem(warm_start, flag="--warm_start")
+        if problem:  # before any video is written or model built
+            raise FileNotFoundError(problem)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -340,7 +346,6 @@ def run_demo(
             random_dir, splits["train"], cache, out / "warm_start", seed, sft_steps, sft_batch_size
         )
     else:
-        warm_start = BUNDLED_WARM_START if str(warm_start) == "bundled" else warm_start
         logger.info("3/5 supervised warm start: %s", warm_start)
     warm_start = Path(warm_start)
     records["sft"] = evaluate_stage(warm_start, splits["test"], cache, out / "eval" / "sft", max_new_tokens)

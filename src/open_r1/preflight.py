@@ -8,6 +8,7 @@ several are raised together as :class:`PreflightError`, one line each.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -94,7 +95,8 @@ def model_problem(path: str | Path | None, flag: str = "--model_name_or_path") -
             return f"{flag} is a file, not a model folder: {folder.resolve()}"
         if not (folder / "config.json").is_file():
             return f"no config.json in the model folder {folder.resolve()} (a checkpoint folder holds config.json)"
-        return None
+        problems = checkpoint_problems(folder)
+        return "; ".join(problems) if problems else None
     where = f"not a local folder (no {folder.resolve()})"
     if not _HUB_ID.fullmatch(text):
         return f"{flag} {text!r}: {where}, and not a Hub id (org/name)"
@@ -121,6 +123,85 @@ def model_problem(path: str | Path | None, flag: str = "--model_name_or_path") -
             "with a cached copy set HF_HUB_OFFLINE=1"
         )
     return None
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return None, f"{path.resolve()} is not readable JSON ({' '.join(str(error).split())[:120]})"
+
+
+def _safetensors_problem(path: Path) -> tuple[dict | None, str | None]:
+    """The header of a safetensors file, or why it is not a complete one (read without loading any tensor)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            header_size = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < header_size <= min(size - 8, 100_000_000):
+                return None, f"{path.resolve()} is truncated or not a safetensors file (no complete header)"
+            header = json.loads(handle.read(header_size))
+    except FileNotFoundError:
+        return None, f"{path.resolve()} is missing"
+    except (OSError, ValueError) as error:
+        return None, f"{path.resolve()} has a damaged header ({' '.join(str(error).split())[:120]})"
+    ends = [info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"]
+    expected = 8 + header_size + max(ends, default=0)
+    if size != expected:
+        return None, f"{path.resolve()} is truncated or damaged: {size} bytes, its header describes {expected}"
+    return header, None
+
+
+def checkpoint_problems(folder: Path) -> list[str]:
+    """What is wrong with a local checkpoint folder, each naming the file: config.json readable; weights present and
+    complete (safetensors headers and sizes, every shard of an index), the embedding's shape the config's vocabulary x
+    hidden size; tokenizer, processor and chat-template files present. Nothing is loaded."""
+    problems = []
+    config, problem = _read_json(folder / "config.json")
+    if problem:
+        problems.append(problem)
+        config = None
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").exists():
+        weights = [folder / "model.safetensors"]
+    elif index.exists():
+        mapping, problem = _read_json(index)
+        if problem:
+            problems.append(problem)
+        weights = sorted({folder / name for name in ((mapping or {}).get("weight_map") or {}).values()})
+    elif any((folder / name).exists() for name in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        weights = []  # pickled weights: left to transformers
+    else:
+        weights = []
+        problems.append(f"no weights in {folder.resolve()} (model.safetensors, or model.safetensors.index.json)")
+    text = (config.get("text_config") or config) if isinstance(config, dict) else {}
+    for path in weights:
+        header, problem = _safetensors_problem(path)
+        if problem:
+            problems.append(problem)
+            continue
+        for name, info in header.items():
+            if name.endswith("embed_tokens.weight") and {"vocab_size", "hidden_size"} <= set(text):
+                if list(info["shape"]) != [text["vocab_size"], text["hidden_size"]]:
+                    problems.append(
+                        f"{path.resolve()}: {name} is {info['shape']}, but config.json says vocab_size "
+                        f"{text['vocab_size']} x hidden_size {text['hidden_size']}"
+                    )
+    if not (
+        (folder / "tokenizer.json").exists() or (folder / "vocab.json").exists() and (folder / "merges.txt").exists()
+    ):
+        problems.append(f"no tokenizer in {folder.resolve()} (tokenizer.json, or vocab.json + merges.txt)")
+    if not any((folder / name).exists() for name in ("preprocessor_config.json", "processor_config.json")):
+        problems.append(
+            f"no processor config in {folder.resolve()} (processor_config.json or preprocessor_config.json)"
+        )
+    has_template = any((folder / name).exists() for name in ("chat_template.jinja", "chat_template.json"))
+    if not has_template:
+        tokenizer_config, _ = _read_json(folder / "tokenizer_config.json")
+        if not (isinstance(tokenizer_config, dict) and tokenizer_config.get("chat_template")):
+            problems.append(f"no chat template in {folder.resolve()} (chat_template.jinja or tokenizer_config.json)")
+    return problems
 
 
 def output_problem(path: str | Path | None, flag: str = "--output_dir") -> str | None:

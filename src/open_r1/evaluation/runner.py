@@ -401,10 +401,27 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
             dist.init_process_group("gloo", timeout=timedelta(hours=24))
             initialized_here = True
     try:
-        return _evaluate(args, queries, name, rank, world, local_rank, torch, source)
+        metrics = _evaluate(args, queries, name, rank, world, local_rank, torch, source)
+        check_generation_worked(metrics, args.model_base)
+        return metrics
     finally:
         if initialized_here:
             torch.distributed.destroy_process_group()
+
+
+def check_generation_worked(metrics: dict[str, Any], model_base) -> None:
+    """Fail when every query that reached the model failed to generate: the checkpoint (weights, tokenizer) cannot
+    answer, and all-zero metrics must not end the run as a success. metrics.json is written before."""
+    failures = metrics.get("failures", {})
+    reached = metrics["num_queries"] - failures.get("missing_video", 0) - failures.get("decode_error", 0)
+    if reached > 0 and failures.get("generation_error", 0) == reached:
+        output_dir = Path(metrics.get("output_dir", "."))
+        details = [r.get("detail") for r in read_predictions(output_dir / PREDICTIONS_FILE) if r.get("detail")]
+        raise RuntimeError(
+            f"every one of the {reached} queries that reached the model failed to generate (first: "
+            f"{(details or ['no detail'])[0][:300]}); is the checkpoint {model_base} complete? The all-zero "
+            f"metrics are in {output_dir / METRICS_FILE}"
+        )
 
 
 def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> dict[str, Any]:
