@@ -32,3 +32,36 @@ def test_source_reads_cache_or_decodes_identically(tmp_path, clips):
     assert cached_source.missing(["portrait", "low_fps", "nowhere", "nowhere"]) == ["nowhere"]
     with pytest.raises(VideoDecodeError, match="no video file"):
         cached_source.get("nowhere")
+
+
+def test_a_damaged_entry_is_caught_the_first_time_a_run_reads_it(tmp_path, clips, monkeypatch, caplog):
+    import logging
+
+    from open_r1.video import cache as cache_module
+
+    cache = VideoCache(tmp_path / "cache")
+    for name in ("portrait", "low_fps"):
+        cache.save(name, decode_video(clips[name]), PAPER)
+    path = cache.path("portrait")
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # one frame byte flipped after the entry was written; the header still checks out
+    path.write_bytes(bytes(data))
+    checksums = []
+    real = cache_module.frames_sha256
+
+    def counting(frames):
+        checksums.append(1)
+        return real(frames)
+
+    monkeypatch.setattr(cache_module, "frames_sha256", counting)
+    only_cache = VideoSource(PAPER, cache_dir=tmp_path / "cache")
+    with pytest.raises(VideoDecodeError, match="portrait: entry frames do not match their checksum"):
+        only_cache.get("portrait")  # before: the flipped frames were returned
+    for _ in range(3):
+        only_cache.get("low_fps")
+    assert len(checksums) == 2  # one check per entry and source, not per read
+    with_videos = VideoSource(PAPER, cache_dir=tmp_path / "cache", video_dir=clips["portrait"].parent)
+    with caplog.at_level(logging.WARNING):
+        clip = with_videos.get("portrait")
+    assert "cache entry portrait not used (entry frames do not match their checksum" in caplog.text
+    assert torch.equal(clip.frames, decode_video(clips["portrait"]).frames)  # decoded again from the file
