@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from open_r1.demo import (
     CHECKPOINT_FILES,
@@ -148,3 +149,17 @@ def test_demo_output_dir_naming_a_file_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         demo_main(["--output_dir", str(tmp_path / "taken")])
     assert f"--output_dir {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_the_bundled_warm_start_lands_where_the_walk_through_looks(tmp_path):
+    from open_r1.demo import BUNDLED_WARM_START, place_warm_start
+
+    # recipes/demo/grpo_tiny.yaml starts from OUTPUT/warm_start; before, `--warm_start bundled` left it empty and the
+    # walk-through's next command failed with "model folder not found".
+    recipe = yaml.safe_load((REPO / "recipes" / "demo" / "grpo_tiny.yaml").read_text())
+    assert recipe["model_name_or_path"] == "outputs/demo/warm_start"
+    placed = place_warm_start(BUNDLED_WARM_START, tmp_path)
+    assert placed == tmp_path / "warm_start"
+    for name in CHECKPOINT_FILES:
+        assert (placed / name).read_bytes() == (BUNDLED_WARM_START / name).read_bytes(), name
+    assert place_warm_start(placed, tmp_path) == placed  # already there: left as it is

@@ -237,6 +237,15 @@ def export_checkpoint(source: Path, destination: Path) -> Path:
     return destination
 
 
+def place_warm_start(warm_start: Path, out: Path) -> Path:
+    """``OUT/warm_start``, holding a copy of ``warm_start`` (unless it is that folder already): the walk-through's
+    recipe (recipes/demo/grpo_tiny.yaml) starts from there after the bundled demo as after the full one."""
+    destination = out / "warm_start"
+    if Path(warm_start).resolve() != destination.resolve():
+        export_checkpoint(Path(warm_start), destination)
+    return destination
+
+
 def build_warm_start(destination: Path, output_dir: Path, seed: int = 0, sft_steps: int = 300) -> Path:
     """The demo's stages 1-3 (data, tiny random model, warm start), exported to ``destination``: how
     :data:`BUNDLED_WARM_START` was made (seed 0, 300 steps)."""
@@ -346,7 +355,10 @@ def run_demo(
             random_dir, splits["train"], cache, out / "warm_start", seed, sft_steps, sft_batch_size
         )
     else:
-        logger.info("3/5 supervised warm start: %s", warm_start)
+        # A copy under the output folder, where the walk-through (recipes/demo/grpo_tiny.yaml) expects the warm start
+        # whichever way the demo got it.
+        logger.info("3/5 supervised warm start: %s (in %s)", warm_start, out / "warm_start")
+        warm_start = place_warm_start(warm_start, out)
     warm_start = Path(warm_start)
     records["sft"] = evaluate_stage(warm_start, splits["test"], cache, out / "eval" / "sft", max_new_tokens)
     records["blank"] = evaluate_stage(warm_start, splits["blank"], cache, out / "eval" / "blank", max_new_tokens)
