@@ -25,7 +25,7 @@ PYTHON="${PYTHON:-python}"
 
 for arg in "$@"; do
     if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
-        sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -n 's/^# \{0,1\}//p'
         echo
         exec "$PYTHON" -m "$ENTRY" --help
     fi
@@ -57,6 +57,8 @@ export WANDB_PROJECT="${WANDB_PROJECT:-timezero}"
 
 echo "entry=$ENTRY recipe=$(realpath "$RECIPE") deepspeed=$DEEPSPEED_CONFIG nodes=$NNODES rank=$NODE_RANK" \
      "processes/node=$GPUS_PER_NODE (GPUs visible: $NUM_GPUS) master=$MASTER_ADDR:$MASTER_PORT"
+# Every check that needs no model, before torchrun starts any worker: one short message naming every problem.
+"$PYTHON" -m "$ENTRY" --preflight "$(( NNODES * GPUS_PER_NODE ))" --config "$RECIPE" "$@" || exit $?
 exec torchrun \
     --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \

@@ -99,6 +99,12 @@ def test_blank_videos_keep_the_held_out_queries(tmp_path):
 REPO = Path(__file__).resolve().parents[1]
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def test_the_launcher_runs_the_demo_recipe_on_a_cpu(tmp_path):
     """`RECIPE=recipes/demo/grpo_tiny.yaml bash scripts/run_grpo_video.sh` from a folder laid out like the demo's
     output: one process, no DeepSpeed, fp32, sdpa, nothing reported; 2 steps, then a checkpoint evaluation can load."""
@@ -125,6 +131,39 @@ def test_the_launcher_runs_the_demo_recipe_on_a_cpu(tmp_path):
     card = (out / "README.md").read_text()  # written by TRL at the checkpoint
     assert "[None]" not in card and str(demo / "warm_start") in card
     assert result.stderr.count("Traceback") == 0
+
+
+def launcher(cwd: Path, recipe: Path | None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    for name in ("GPUS_PER_NODE", "DEEPSPEED_CONFIG", "CUDA_VISIBLE_DEVICES", "RECIPE"):
+        env.pop(name, None)
+    if recipe is not None:
+        env["RECIPE"] = str(recipe)
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "run_grpo_video.sh")], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_the_launcher_names_every_problem_before_starting_workers(tmp_path):
+    # The walk-through's command before the demo ran: before, 57 lines of torchrun traceback per problem, one problem
+    # per run; now one message naming the model and the data, and no worker started.
+    result = launcher(tmp_path, REPO / "recipes" / "demo" / "grpo_tiny.yaml")
+    assert result.returncode == 2
+    assert "pre-flight (training): training: 2 problems" in result.stderr
+    assert f"model folder not found: {tmp_path / 'outputs' / 'demo' / 'warm_start'}" in result.stderr
+    assert f"annotation file not found: {tmp_path / 'outputs' / 'demo' / 'data' / 'train' / 'annotations.json'}" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr and "torch.distributed" not in result.stderr
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="the GPU recipe runs on a GPU")
+def test_the_gpu_recipe_on_a_cpu_points_to_the_cpu_recipe(tmp_path):
+    result = launcher(tmp_path, None)  # the Charades recipe: bf16 (before: transformers' "setup doesn't support bf16")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--bf16 true (the GPU recipes' setting) needs a GPU" in result.stderr
+    assert "RECIPE=recipes/demo/grpo_tiny.yaml" in result.stderr
 
 
 @pytest.mark.parametrize(

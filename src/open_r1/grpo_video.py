@@ -91,9 +91,10 @@ def check_videos(rows: list[dict], source) -> list[dict]:
     return kept
 
 
-def check_batch_sizes(training_args: GRPOConfig, num_rows: int) -> None:
-    """Explain the completion/prompt arithmetic that TRL enforces, in the terms of this task."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def check_batch_sizes(training_args: GRPOConfig, num_rows: int, world: int | None = None) -> None:
+    """Explain the completion/prompt arithmetic that TRL enforces, in the terms of this task (``world``: processes in
+    all, default WORLD_SIZE)."""
+    world = world or int(os.environ.get("WORLD_SIZE", "1"))
     per_step = training_args.per_device_train_batch_size * world
     generation_batch = training_args.generation_batch_size or per_step * training_args.steps_per_generation
     if generation_batch % training_args.num_generations:
@@ -145,11 +146,11 @@ def policy_dtypes(model_args: ModelConfig, training_args: GRPOConfig) -> tuple[s
     if training_args.deepspeed or requested not in ("bfloat16", "float16"):
         return requested, None
     logger.info(
-        "no DeepSpeed: fp32 master weights (the model is loaded in float32 instead of %s)%s; the reference model "
-        "stays in %s",
+        "no DeepSpeed: fp32 master weights (the model is loaded in float32 instead of %s)%s%s",
         requested,
         " with bf16 autocast" if training_args.bf16 else (" with fp16 autocast" if training_args.fp16 else ""),
-        requested,
+        # The warm start (SFTConfig) and GRPO with beta 0 have no reference model.
+        f"; the reference model stays in {requested}" if getattr(training_args, "beta", 0.0) else "",
     )
     return "float32", requested
 
@@ -171,26 +172,34 @@ def resolve_checkpoint(training_args: GRPOConfig) -> str | None:
     return value
 
 
-def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig, callbacks=None):
-    """Train and save; returns the trainer (its ``state.log_history`` holds every logged reward)."""
+def preflight(script_args, training_args, model_args, world: int | None = None, job: str = "training"):
+    """Every check that needs no model, all problems reported together (:mod:`open_r1.preflight`); returns the reward
+    functions (training only), the rows, the video source and the checkpoint to resume."""
     from open_r1.preflight import Preflight, model_problem, output_problem
     from open_r1.rewards import get_reward_funcs
-    from open_r1.trainer import VideoGRPOTrainer
 
-    # Every check that needs no model, all problems reported together.
-    checks = Preflight("training")
+    checks = Preflight(job)
     checks.add(model_problem(model_args.model_name_or_path))
     checks.add(output_problem(training_args.output_dir))
     checks.run(check_reporting, training_args)
-    reward_funcs = checks.run(get_reward_funcs, script_args.reward_funcs)
+    grpo = hasattr(script_args, "reward_funcs")
+    reward_funcs = checks.run(get_reward_funcs, script_args.reward_funcs) if grpo else None
     rows = checks.run(load_rows, script_args)
     source = checks.run(video_source, script_args)
     if rows is not None and source is not None:
         rows = checks.run(check_videos, rows, source)
-    if rows is not None:
-        checks.run(check_batch_sizes, training_args, len(rows))
+    if rows is not None and grpo:
+        checks.run(check_batch_sizes, training_args, len(rows), world)
     checkpoint = checks.run(resolve_checkpoint, training_args)
     checks.finish()
+    return reward_funcs, rows, source, checkpoint
+
+
+def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig, callbacks=None):
+    """Train and save; returns the trainer (its ``state.log_history`` holds every logged reward)."""
+    from open_r1.trainer import VideoGRPOTrainer
+
+    reward_funcs, rows, source, checkpoint = preflight(script_args, training_args, model_args)
     if training_args.remove_unused_columns:
         logger.info("remove_unused_columns forced to False: the rewards read the solution and duration columns")
         training_args.remove_unused_columns = False
@@ -307,11 +316,39 @@ def parse_cli(dataclass_types: tuple, argv: list[str] | None) -> tuple:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietAccumulationMismatch())
     argv = use_gloo_for_cpu_deepspeed(normalize_video_flags(list(sys.argv[1:] if argv is None else argv)))
-    return TrlParser(dataclass_types).parse_args_and_config(args=argv)
+    try:
+        return TrlParser(dataclass_types).parse_args_and_config(args=argv)
+    except ValueError as error:
+        import torch
+
+        if "bf16" in str(error) and not torch.cuda.is_available():
+            raise ValueError(
+                "--bf16 true (the GPU recipes' setting) needs a GPU, and this machine has none: on a CPU use "
+                "RECIPE=recipes/demo/grpo_tiny.yaml (after `python -m open_r1.demo`), or add --bf16 false"
+            ) from error
+        raise
+
+
+def run_entry_point(dataclass_types: tuple, train, job: str, argv: list[str] | None):
+    """Parse and train; with ``--preflight N`` (N processes in all; what the launcher runs before torchrun starts
+    any worker) only run the checks and print every problem in one short message, exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--preflight" not in argv:
+        return train(*parse_cli(dataclass_types, argv))
+    at = argv.index("--preflight")
+    world = int(argv[at + 1])
+    argv = argv[:at] + argv[at + 2 :]
+    try:
+        preflight(*parse_cli(dataclass_types, argv), world=world, job=job)
+    except (OSError, ValueError) as error:
+        print(f"pre-flight ({job}): {error}", file=sys.stderr)  # noqa: T201 - the launcher's one message
+        raise SystemExit(2) from None
+    logger.info("%s pre-flight: no problem found (%d processes)", job, world)
+    return None
 
 
 def cli(argv: list[str] | None = None):
-    return main(*parse_cli((GRPOScriptArguments, GRPOConfig, ModelConfig), argv))
+    return run_entry_point((GRPOScriptArguments, GRPOConfig, ModelConfig), main, "training", argv)
 
 
 if __name__ == "__main__":

@@ -118,29 +118,10 @@ class VideoSFTCollator:
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
     """Train and save; returns the trainer."""
-    from open_r1.grpo_video import (
-        check_reporting,
-        check_videos,
-        load_for_training,
-        load_rows,
-        resolve_checkpoint,
-        train_and_save,
-        video_source,
-    )
-    from open_r1.preflight import Preflight, model_problem, output_problem
+    from open_r1.grpo_video import load_for_training, preflight, train_and_save
     from open_r1.trainer import vision_tower
 
-    # Every check that needs no model, all problems reported together.
-    checks = Preflight("warm start")
-    checks.add(model_problem(model_args.model_name_or_path))
-    checks.add(output_problem(training_args.output_dir))
-    checks.run(check_reporting, training_args)
-    rows = checks.run(load_rows, script_args)
-    source = checks.run(video_source, script_args)
-    if rows is not None and source is not None:
-        rows = checks.run(check_videos, rows, source)
-    checkpoint = checks.run(resolve_checkpoint, training_args)
-    checks.finish()
+    _, rows, source, checkpoint = preflight(script_args, training_args, model_args, job="warm start")
     # The collator reads the prompt, video id and answer columns; the dataset is encoded on the fly.
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
@@ -162,9 +143,9 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
 
 
 def cli(argv: list[str] | None = None):
-    from open_r1.grpo_video import parse_cli
+    from open_r1.grpo_video import run_entry_point
 
-    return main(*parse_cli((SFTScriptArguments, SFTConfig, ModelConfig), argv))
+    return run_entry_point((SFTScriptArguments, SFTConfig, ModelConfig), main, "warm start", argv)
 
 
 if __name__ == "__main__":
