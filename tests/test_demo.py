@@ -202,3 +202,15 @@ def test_the_bundled_warm_start_lands_where_the_walk_through_looks(tmp_path):
     for name in CHECKPOINT_FILES:
         assert (placed / name).read_bytes() == (BUNDLED_WARM_START / name).read_bytes(), name
     assert place_warm_start(placed, tmp_path) == placed  # already there: left as it is
+
+
+def test_cpu_threads_leave_busy_cores_to_their_jobs(monkeypatch):
+    from open_r1.demo import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_threads(cores=2, load=0.1)[0] == 2  # an idle machine: every core
+    assert cpu_threads(cores=2, load=9.0)[0] == 1  # the README's loaded machine (load 9-22): one thread, not two
+    assert cpu_threads(cores=16, load=3.4)[0] == 13
+    assert "load average 9.0" in cpu_threads(cores=2, load=9.0)[1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads(cores=2, load=9.0) == (3, "OMP_NUM_THREADS")

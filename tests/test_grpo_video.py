@@ -39,6 +39,10 @@ def test_trains_and_saves_a_loadable_checkpoint(setup, tmp_path):
     # Model and processor side by side: what evaluate.py --model_base needs.
     assert (out / "model.safetensors").is_file()
     assert (out / "preprocessor_config.json").is_file() or (out / "processor_config.json").is_file()
+    # Readable by the group and others as the umask allows (safetensors alone writes 0600).
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644 & ~mask | 0o600
     processor = load_processor(out)
     model = load_model(out)
     assert model.config.video_token_id == processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")

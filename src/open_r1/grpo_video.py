@@ -248,7 +248,21 @@ def train_and_save(trainer, processor, checkpoint: str | None):
     trainer.save_model(trainer.args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(trainer.args.output_dir)
+        readable_by_others(trainer.args.output_dir)
     return trainer
+
+
+def readable_by_others(folder) -> None:
+    """Give the saved files the permissions the umask allows (safetensors writes owner-only files, 0600), so that a
+    checkpoint on a shared disk can be evaluated by the group's other users."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o777
+            wanted = mode | (0o644 & ~mask)
+            if wanted != mode:
+                path.chmod(wanted)
 
 
 class _QuietAccumulationMismatch(logging.Filter):
