@@ -214,3 +214,27 @@ def test_cpu_threads_leave_busy_cores_to_their_jobs(monkeypatch):
     assert "load average 9.0" in cpu_threads(cores=2, load=9.0)[1]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert cpu_threads(cores=2, load=9.0) == (3, "OMP_NUM_THREADS")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_demo_cleanly(tmp_path):
+    """Before: a traceback after ~35 s. Now: a one-line message naming the output folder, exit status 130."""
+    import signal
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "open_r1.demo", "--output_dir", str(tmp_path / "demo"), "--train_videos", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    for line in process.stdout:
+        if line.startswith("1/5"):
+            break
+    time.sleep(1.0)
+    started = time.perf_counter()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-3000:]
+    assert time.perf_counter() - started < 30
+    assert "Traceback" not in err and f"interrupted; what was written so far is in {tmp_path / 'demo'}" in out

@@ -458,13 +458,17 @@ def main(argv: list[str] | None = None) -> int:
     threads, why = cpu_threads()
     torch.set_num_threads(threads)
     logger.info("CPU threads: %d (%s)", threads, why)
-    if args.build_warm_start:
-        build_warm_start(Path(args.build_warm_start), Path(args.output_dir), args.seed, args.sft_steps)
-        return 0
-    run_demo(
-        args.output_dir, args.seed, args.sft_steps, args.grpo_steps, args.warm_start, args.train_videos,
-        args.sft_batch_size, args.grpo_lr, args.grpo_queries,
-    )  # fmt: skip
+    try:
+        if args.build_warm_start:
+            build_warm_start(Path(args.build_warm_start), Path(args.output_dir), args.seed, args.sft_steps)
+        else:
+            run_demo(
+                args.output_dir, args.seed, args.sft_steps, args.grpo_steps, args.warm_start, args.train_videos,
+                args.sft_batch_size, args.grpo_lr, args.grpo_queries,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        logger.info("interrupted; what was written so far is in %s (a new run starts over)", Path(args.output_dir))
+        return 130
     return 0
 
 

@@ -277,6 +277,10 @@ def _worker_init(parent_pid: int | None = None):
 
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
+    # Ctrl-C is the parent's to handle (it stops the run, and these workers end with it): no traceback per worker.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Parallelism comes from the processes; threads inside each would only fight over the cores.
     torch.set_num_threads(1)
 
