@@ -16,6 +16,15 @@ from open_r1.sft_video import cli as warm_start_cli
 FAST = 10.0  # seconds: the issue's bound for a pre-flight failure without network
 
 
+def fails_fast(run, args) -> str:
+    """``run(args)``'s PreflightError message, after checking it came within :data:`FAST` seconds."""
+    started = time.perf_counter()
+    with pytest.raises(PreflightError) as caught:
+        run(args)
+    assert time.perf_counter() - started < FAST
+    return str(caught.value)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return tiny_setup(tmp_path_factory, "preflight")
@@ -48,11 +57,7 @@ def test_a_hub_looking_missing_model_and_a_missing_cache_are_named_together(
         model_name_or_path="outputs/my_run",
         video_dir=str(tmp_path / "no_videos"),
     )
-    started = time.perf_counter()
-    with pytest.raises(PreflightError) as caught:
-        entry(args)
-    assert time.perf_counter() - started < FAST
-    message = str(caught.value)
+    message = fails_fast(entry, args)
     assert "2 problems" in message
     assert "'outputs/my_run': not a local folder" in message
     assert ("offline mode" if offline else "could not be reached") in message
@@ -95,11 +100,7 @@ def test_evaluation_names_model_annotation_and_output_together(setup, tmp_path):
         video_dir=str(setup[2]),
         output_dir=str(tmp_path / "taken"),
     )
-    started = time.perf_counter()
-    with pytest.raises(PreflightError) as caught:
-        run_evaluation(args)
-    assert time.perf_counter() - started < FAST
-    message = str(caught.value)
+    message = fails_fast(run_evaluation, args)
     assert "evaluation: 3 problems" in message
     assert "model folder not found" in message and "no_model" in message
     assert "missing.json" in message
