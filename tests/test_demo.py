@@ -209,6 +209,8 @@ def test_cpu_threads_leave_busy_cores_to_their_jobs(monkeypatch):
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert cpu_threads(cores=2, load=0.1)[0] == 2  # an idle machine: every core
+    assert cpu_threads(cores=2, load=0.51)[0] == 2  # the decaying residue of a finished job
+    assert cpu_threads(cores=2, load=0.8)[0] == 1  # one core mostly taken
     assert cpu_threads(cores=2, load=9.0)[0] == 1  # the README's loaded machine (load 9-22): one thread, not two
     assert cpu_threads(cores=16, load=3.4)[0] == 13
     assert "load average 9.0" in cpu_threads(cores=2, load=9.0)[1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -403,7 +404,8 @@ def cpu_threads(cores: int | None = None, load: float | None = None) -> tuple[in
         return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     cores = cores or len(os.sched_getaffinity(0))
     load = os.getloadavg()[0] if load is None else load
-    threads = max(1, min(cores, round(cores - load)))
+    # A core counts as taken once other jobs keep it more than a quarter busy (a decaying residue does not).
+    threads = max(1, min(cores, cores - math.floor(load + 0.25)))
     return threads, f"{cores} cores, load average {load:.1f}; set OMP_NUM_THREADS to choose"
 
 
