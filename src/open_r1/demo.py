@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -396,17 +395,14 @@ def run_demo(
     return summary
 
 
-def cpu_threads(cores: int | None = None, load: float | None = None) -> tuple[int, str]:
-    """Threads for the demo's CPU work, and why. An explicit OMP_NUM_THREADS wins; otherwise the cores that other jobs
-    leave idle (load average), at least one: under contention more threads than free cores made a matmul 60x slower
-    here, and the warm start 3x slower than with one thread."""
+def cpu_threads() -> tuple[int, str]:
+    """Threads for the demo's CPU work, and why: OMP_NUM_THREADS when set, else one. The tiny model gains nothing
+    from more (the whole demo took 262 s on one thread of an idle 2-core machine); one thread does not collapse when
+    other jobs share the cores (two threads under load ran a matmul 60x slower, the warm start 3x), and the numbers
+    do not depend on the machine's load, since the thread count changes the order of float sums."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
-    cores = cores or len(os.sched_getaffinity(0))
-    load = os.getloadavg()[0] if load is None else load
-    # A core counts as taken once other jobs keep it more than a quarter busy (a decaying residue does not).
-    threads = max(1, min(cores, cores - math.floor(load + 0.25)))
-    return threads, f"{cores} cores, load average {load:.1f}; set OMP_NUM_THREADS to choose"
+    return 1, "the demo's default, whatever the load; set OMP_NUM_THREADS to choose"
 
 
 def positive_int(text: str) -> int:
