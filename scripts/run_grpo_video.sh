@@ -15,6 +15,7 @@
 #                     command on every node with NODE_RANK 0..NNODES-1 and MASTER_ADDR = node 0's address
 #   ENTRY             module torchrun runs [open_r1.grpo_video]; scripts/run_sft_video.sh sets open_r1.sft_video
 #   WANDB_PROJECT     [timezero]; with --report_to wandb a missing key is reported before the model loads
+#   PREFLIGHT         [1]; 0 skips the checks that run before torchrun (model, data, output, batch sizes)
 # Relative paths (RECIPE, DEEPSPEED_CONFIG, and the paths inside recipes and flags) are relative to the folder you run
 # the command from, as in any shell command; the two defaults point into this repository.
 set -euo pipefail
@@ -58,7 +59,9 @@ export WANDB_PROJECT="${WANDB_PROJECT:-timezero}"
 echo "entry=$ENTRY recipe=$(realpath "$RECIPE") deepspeed=$DEEPSPEED_CONFIG nodes=$NNODES rank=$NODE_RANK" \
      "processes/node=$GPUS_PER_NODE (GPUs visible: $NUM_GPUS) master=$MASTER_ADDR:$MASTER_PORT"
 # Every check that needs no model, before torchrun starts any worker: one short message naming every problem.
-"$PYTHON" -m "$ENTRY" --preflight "$(( NNODES * GPUS_PER_NODE ))" --config "$RECIPE" "$@" || exit $?
+if [[ "${PREFLIGHT:-1}" != "0" ]]; then
+    "$PYTHON" -m "$ENTRY" --preflight "$(( NNODES * GPUS_PER_NODE ))" --config "$RECIPE" "$@" || exit $?
+fi
 exec torchrun \
     --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \

@@ -185,7 +185,8 @@ def fake_torchrun(tmp_path) -> dict:
     fake.mkdir(exist_ok=True)
     (fake / "torchrun").write_text('#!/usr/bin/env bash\necho "PWD=$PWD"\nprintf "%s\\n" "$@"\n')
     (fake / "torchrun").chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    # PREFLIGHT=0: these tests look at the arguments torchrun gets for recipes this machine cannot run.
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PREFLIGHT": "0"}
     for name in ("GPUS_PER_NODE", "DEEPSPEED_CONFIG", "RECIPE", "NNODES", "NODE_RANK", "ENTRY"):
         env.pop(name, None)
     return env
