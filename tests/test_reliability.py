@@ -242,6 +242,18 @@ def test_inconsistent_headers_are_refused(entry, changes, message):
     assert "v" in source.missing(["v"])
 
 
+def test_verify_checks_an_entry_against_the_settings_it_records(entry):
+    """--verify with or without the cache's flags: a header whose frame size its own settings cannot give is damaged,
+    not "made with other settings"."""
+    cache, clip, _ = entry
+    assert verify_cache(cache.root, progress=False)["damaged"] == []
+    rewrite_entry(cache, "v", {"source_height": "4000"})
+    for settings in (SETTINGS, None):
+        report = verify_cache(cache.root, settings=settings, progress=False)
+        assert [vid for vid, _ in report["damaged"]] == ["v"] and "these settings give" in report["damaged"][0][1]
+        assert report["other_settings"] == []
+
+
 def test_interrupted_write_keeps_the_previous_entry(entry, monkeypatch):
     cache, clip, _ = entry
     import safetensors.torch

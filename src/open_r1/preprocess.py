@@ -40,7 +40,7 @@ from open_r1.configs import (
 )
 from open_r1.jsonl import read_jsonl, repair_tail
 from open_r1.video import DECODERS, VideoCache, VideoDecodeError, decode_video, settings_key, video_id_problem
-from open_r1.video.cache import abandoned_temporary_files
+from open_r1.video.cache import CacheEntryError, abandoned_temporary_files
 
 logger = logging.getLogger(__name__)
 
@@ -619,8 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
 def verify_cache(output_dir, video_ids=None, settings: VideoSettings | None = None, progress: bool = True) -> dict:
     """Read every entry of the cache (or those of ``video_ids``) against its header checks and frame checksum.
 
-    An entry is checked against the settings it records; one that is intact but was made with settings other than
-    ``settings`` is listed apart, not as damaged. Returns ``{"checked", "damaged": [(id, reason)], "unverified": [ids
+    An entry is checked against the settings it records (its frame count and size included); one that is intact but
+    was made with settings other than ``settings`` is listed apart, not as damaged. Returns ``{"checked", "damaged": [(id, reason)], "unverified": [ids
     written without a checksum], "other_settings": [(id, its settings)]}``.
     """
     cache = VideoCache(output_dir)
@@ -630,14 +630,28 @@ def verify_cache(output_dir, video_ids=None, settings: VideoSettings | None = No
     for video_id in tqdm(video_ids, desc="verifying", unit="entry", disable=not progress):
         report["checked"] += 1
         problem = video_id_problem(video_id)
-        problem = f"invalid video id: {problem}" if problem else cache.verify_entry(video_id)
+        if problem is not None:
+            report["damaged"].append((video_id, f"invalid video id: {problem}"))
+            continue
+        try:
+            meta = cache.metadata(video_id)
+        except CacheEntryError as error:
+            report["damaged"].append((video_id, str(error)))
+            continue
+        try:
+            recorded = VideoSettings(**json.loads(meta.get("settings", "{}")))
+        except (TypeError, ValueError) as error:
+            report["damaged"].append(
+                (video_id, f"entry header records unusable settings {meta.get('settings')}: {error}")
+            )
+            continue
+        problem = cache.verify_entry(video_id, recorded)
         if problem is not None:
             report["damaged"].append((video_id, problem))
             continue
-        meta = cache.metadata(video_id)
         if "frames_sha256" not in meta:
             report["unverified"].append(video_id)
-        if settings is not None and cache.problem(video_id, settings) is not None:
+        if settings is not None and settings_key(settings) != settings_key(recorded):
             report["other_settings"].append((video_id, meta.get("settings", "")))
     return report
 
