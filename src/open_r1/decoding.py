@@ -46,6 +46,14 @@ def decode_compile_config(device: torch.device | str, backend: str | None = None
     return config
 
 
+def compiling(generation_config, compile_config):
+    """``generation_config`` set to compile its decode step with ``compile_config``. TRL's generation config disables
+    compilation (its caches are dynamic, and transformers compiles only for a static one); a static decode turns it
+    back on."""
+    generation_config.compile_config, generation_config.disable_compile = compile_config, False
+    return generation_config
+
+
 # Cache lengths are rounded up to this many tokens: prompt lengths differ from video to video, and each distinct cache
 # shape is one more compilation (torch.compile keeps 8 per function before it falls back to eager).
 CACHE_LENGTH_BUCKET = 512

@@ -16,7 +16,7 @@ from typing import Any
 
 from open_r1.configs import EvalArguments
 from open_r1.data import DATASETS, load_annotations, load_split, split_path
-from open_r1.decoding import decode_compile_config, empty_static_cache, use_static_decode
+from open_r1.decoding import compiling, decode_compile_config, empty_static_cache, use_static_decode
 from open_r1.evaluation.metrics import IOU_TIE_EPS, compute_metrics, record_iou, score_output
 from open_r1.evaluation.plots import plot_predictions
 from open_r1.evaluation.predictions import (
@@ -220,9 +220,7 @@ class BatchGenerator:
         generation_config, extra = self.generation_config, {}
         if use_static_decode(self.args.decode, self.device):
             # A static KV cache and a compiled decode step (open_r1.decoding); the same tokens as eager.
-            generation_config = copy.copy(generation_config)
-            generation_config.compile_config = decode_compile_config(self.device)
-            generation_config.disable_compile = False
+            generation_config = compiling(copy.copy(generation_config), decode_compile_config(self.device))
             length = batch["input_ids"].shape[1] + generation_config.max_new_tokens
             extra["cache"] = empty_static_cache(self.model, length)
         with torch.inference_mode():

@@ -32,7 +32,13 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from trl import GRPOTrainer
 
-from open_r1.decoding import check_decode_mode, decode_compile_config, static_cache_from, use_static_decode
+from open_r1.decoding import (
+    check_decode_mode,
+    compiling,
+    decode_compile_config,
+    static_cache_from,
+    use_static_decode,
+)
 from open_r1.modeling import (
     LocalModelCardMixin,
     encode_batch,
@@ -584,8 +590,7 @@ def _sample_from_one_prefill(
     if compile_config is not None:
         new_tokens = generation_config.max_new_tokens or generation_config.max_length - input_ids.size(1)
         cache = static_cache_from(model, cache, run, input_ids.size(1) + new_tokens, reuse=reuse)
-        # TRL's generation config disables compilation (its caches are dynamic); this one is static.
-        generation_config.compile_config, generation_config.disable_compile = compile_config, False
+        compiling(generation_config, compile_config)
     else:
         cache.batch_repeat_interleave(run)
     inner.rope_deltas = deltas.repeat_interleave(run, dim=0)
