@@ -40,7 +40,8 @@ GRAD_NORM_RTOL = 1e-4
 # The weight change after two steps, DDP vs ZeRO-3 (torch AdamW vs DeepSpeedCPUAdam on offloaded shards):
 # observed 9e-6 relative to the size of the change.
 UPDATE_RTOL = 1e-3
-# Compiling DeepSpeed's two CPU ops from nothing: 98 s on this project's 2 idle cores (TORCH_EXTENSIONS_DIR empty);
+# Compiling DeepSpeed's two CPU ops from nothing: 98 s on this project's 2 idle cores (build_deepspeed_cpu_ops's code
+# timed with TORCH_EXTENSIONS_DIR pointing to an empty folder);
 # 38 min was seen on 2 cores shared with other jobs (load 9-22), so the limit leaves room for that. Training itself gets TRAIN_TIMEOUT_S per run.
 OP_BUILD_TIMEOUT_S = 3600
 TRAIN_TIMEOUT_S = 900
