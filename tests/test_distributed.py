@@ -269,3 +269,32 @@ def test_a_timed_out_run_leaves_no_process_behind():
         time.sleep(0.1)
     state = Path(f"/proc/{child}/stat").read_text().split()[2] if Path(f"/proc/{child}").exists() else "gone"
     assert state in ("gone", "Z"), state  # killed (a zombie until its reaped parent is gone)
+
+
+@pytest.mark.slow
+def test_data_selection_shards_over_two_processes_and_resumes(tmp_path):
+    """5 queries over 2 ranks (one rank pads its last rollout): every query scored exactly once, the report counts
+    them all; a second run finds them all scored and only refilters."""
+    annotations, video_dir = make_grounding_dataset(tmp_path / "data", num_videos=5, duration=4.0, fps=4.0)
+    model = build_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "selection"
+    flags = [flag for flag in TRAIN_FLAGS if flag not in ("--max_steps", str(NUM_STEPS))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "tests" / "_dist_select.py"), "--model_name_or_path", str(model),
+        "--annotation_file", str(annotations), "--video_dir", str(video_dir), "--output_dir", str(out),
+        "--use_cpu", "true", *flags,
+    ]  # fmt: skip
+    for _ in range(2):
+        result = run_in_group(cmd, TRAIN_TIMEOUT_S, cwd=REPO, env=env)
+        assert result.returncode == 0, result.stderr[-5000:]
+        ranks = {path.name: [json.loads(line)["query_id"] for line in path.read_text().splitlines()]
+                 for path in sorted(out.glob("scores.rank*.jsonl"))}  # fmt: skip
+        assert sorted(ranks) == ["scores.rank0.jsonl", "scores.rank1.jsonl"]
+        assert [len(ids) for ids in ranks.values()] == [3, 2]  # queries 0, 2, 4 and 1, 3
+        assert sorted(sum(ranks.values(), [])) == sorted(f"synth_{i:03d}#0" for i in range(5)), ranks
+        report = json.loads((out / "selection_report.json").read_text())
+        assert report["counts"]["queries"] == 5
+        assert sum(report["counts"][k] for k in ("kept", "equal_rewards", "low_std", "solved")) == 5
+    assert "5 queries, 5 already scored" in result.stderr

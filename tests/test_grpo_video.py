@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from statistics import stdev
 
 import pytest
 import torch
@@ -34,8 +35,15 @@ def test_trains_and_saves_a_loadable_checkpoint(setup, tmp_path):
     assert len(logs) == 2
     # A sample of completions with their rewards, per logging step.
     assert len(list((out / "completions").glob("completions_*.parquet"))) == 2
-    for key in ("rewards/iou_reward/mean", "rewards/format_reward/mean", "kl", "completions/mean_length"):
+    for key in ("rewards/iou_reward/mean", "rewards/format_reward/mean", "kl", "completions/mean_length",
+                "signal/zero_std_share", "signal/group_reward_std", "signal/span_parsed"):  # fmt: skip
         assert all(key in e for e in logs), key
+    # Groups of equal rewards: ours per group, TRL's per row; the same share when the rewards are scaled per group.
+    assert [e["signal/zero_std_share"] for e in logs] == [e["frac_reward_zero_std"] for e in logs]
+    # The last step's within-group std, from that rollout's rewards (4 completions per group) by the formula.
+    total = trainer.last_rollout["total"].tolist()
+    groups = [total[i : i + 4] for i in range(0, len(total), 4)]
+    assert logs[-1]["signal/group_reward_std"] == pytest.approx(sum(map(stdev, groups)) / len(groups), abs=1e-6)
     # Model and processor side by side: what evaluate.py --model_base needs.
     assert (out / "model.safetensors").is_file()
     assert (out / "preprocessor_config.json").is_file() or (out / "processor_config.json").is_file()

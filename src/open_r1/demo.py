@@ -40,7 +40,7 @@ DEMO_DATA = {
     "shape_size": 1.0,
 }  # fmt: skip
 # name: (videos, data seed); `--train_videos` changes the size of the training split.
-SPLITS = {"train": (256, 1), "test": (48, 2)}
+SPLITS = {"train": (256, 1), "test": (400, 2)}
 STAGES = ("random", "constant", "blank", "sft", "grpo")
 # The demo's warm start for seed 0 (300 steps), shipped so GRPO and the learning tests can start from a model that
 # reads time; `bash scripts/build_demo_warm_start.sh` rebuilds it. `--warm_start bundled` selects it.
@@ -184,23 +184,12 @@ def train_warm_start(
     return out
 
 
-def train_grpo(
-    warm_start: Path,
-    train_annotations: Path,
-    cache: Path,
-    out: Path,
-    steps: int,
-    seed: int,
-    learning_rate: float,
-    queries_per_step: int,
-):
-    """GRPO with the paper's rewards (IoU + format), 8 completions per query, from the warm start."""
-    from trl import GRPOConfig, ModelConfig
+def grpo_config(out: Path, steps: int, seed: int, learning_rate: float, queries_per_step: int):
+    """The demo's GRPO settings: the paper's method (IoU + format rewards, 8 completions per query, beta 0.04, k3 KL,
+    sequence-mean loss) at the demo's sizes."""
+    from trl import GRPOConfig
 
-    from open_r1.grpo_video import main as train
-
-    script_args = GRPOScriptArguments(annotation_file=str(train_annotations), cache_dir=str(cache), **DEMO_VIDEO)
-    training_args = GRPOConfig(
+    return GRPOConfig(
         output_dir=str(out),
         use_cpu=True,
         bf16=False,
@@ -220,8 +209,43 @@ def train_grpo(
         seed=seed,
         disable_tqdm=False,  # the trainer's progress bar, with its ETA
     )
+
+
+def train_grpo(
+    warm_start: Path,
+    train_annotations: Path,
+    cache: Path,
+    out: Path,
+    steps: int,
+    seed: int,
+    learning_rate: float,
+    queries_per_step: int,
+):
+    """GRPO with the paper's rewards (IoU + format), 8 completions per query, from the warm start."""
+    from trl import ModelConfig
+
+    from open_r1.grpo_video import main as train
+
+    script_args = GRPOScriptArguments(annotation_file=str(train_annotations), cache_dir=str(cache), **DEMO_VIDEO)
+    training_args = grpo_config(out, steps, seed, learning_rate, queries_per_step)
     model_args = ModelConfig(model_name_or_path=str(warm_start), dtype="float32", attn_implementation="sdpa")
     return train(script_args, training_args, model_args)
+
+
+def select_training_queries(warm_start: Path, train_annotations: Path, cache: Path, out: Path, seed: int,
+                            queries_per_step: int) -> dict:  # fmt: skip
+    """``open_r1.select_data`` on the training split with the warm start and GRPO's own settings: 8 samples per
+    query; the queries whose rewards are all equal are dropped. Returns the report (``selected_file``: the kept
+    queries)."""
+    from trl import ModelConfig
+
+    from open_r1.select_data import SelectionArguments
+    from open_r1.select_data import main as select
+
+    script_args = GRPOScriptArguments(annotation_file=str(train_annotations), cache_dir=str(cache), **DEMO_VIDEO)
+    training_args = grpo_config(out, 1, seed, 1e-6, queries_per_step)
+    model_args = ModelConfig(model_name_or_path=str(warm_start), dtype="float32", attn_implementation="sdpa")
+    return select(script_args, training_args, model_args, SelectionArguments(overwrite_scores=True))
 
 
 def export_checkpoint(source: Path, destination: Path) -> Path:
@@ -260,8 +284,22 @@ def build_warm_start(destination: Path, output_dir: Path, seed: int = 0, sft_ste
     return export_checkpoint(warm, destination)
 
 
-def plot_demo(log_history: list[dict], records: dict[str, list[dict]], path: Path) -> Path:
-    """Left: GRPO reward per step, each reward and the total. Right: R1 against the IoU threshold per stage."""
+SIGNAL_PLOT_KEYS = ("frac_reward_zero_std", "signal/group_reward_std", "signal/span_spread")
+
+
+def running_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and up to ``window - 1`` before it (NaN values, steps without the metric, left out)."""
+    out = []
+    for i in range(len(values)):
+        recent = [v for v in values[max(0, i - window + 1) : i + 1] if v == v]
+        out.append(sum(recent) / len(recent) if recent else float("nan"))
+    return out
+
+
+def plot_demo(log_history: list[dict], records: dict[str, list[dict]], path: Path, window: int = 10) -> Path:
+    """Left: GRPO reward per step, each reward and the total. Middle: where the signal is (share of groups with equal
+    rewards, within-group reward std, spread of the sampled spans). Both as running means over ``window`` steps.
+    Right: R1 against the IoU threshold per stage."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,16 +307,20 @@ def plot_demo(log_history: list[dict], records: dict[str, list[dict]], path: Pat
 
     from open_r1.evaluation import recall_at, record_iou
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4))
     steps = [e for e in log_history if "reward" in e]
     keys = ["reward"] + sorted({k for e in steps for k in e if k.startswith("rewards/") and k.endswith("/mean")})
-    for index, key in enumerate(keys):
-        # Distinct markers and line styles, so equal curves stay visible on top of each other.
-        left.plot([e["step"] for e in steps], [e.get(key) for e in steps], marker="os^"[index % 3],
-                  linestyle=["-", "--", ":"][index % 3], markersize=3, label=key)  # fmt: skip
-    left.set(xlabel="GRPO step", ylabel="mean reward over completions", title="GRPO rewards (training split)")
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    for axis, axis_keys in ((left, keys), (middle, SIGNAL_PLOT_KEYS)):
+        for index, key in enumerate(axis_keys):
+            values = running_mean([e.get(key, float("nan")) for e in steps], window)
+            # Distinct markers and line styles, so equal curves stay visible on top of each other.
+            axis.plot([e["step"] for e in steps], values, marker="os^"[index % 3], markevery=max(1, len(steps) // 20),
+                      linestyle=["-", "--", ":"][index % 3], markersize=3, label=key)  # fmt: skip
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    left.set(xlabel="GRPO step", ylabel=f"mean reward (running mean, {window} steps)",
+             title="GRPO rewards (training split)")  # fmt: skip
+    middle.set(xlabel="GRPO step", ylabel=f"running mean, {window} steps", title="where the signal is")
     thresholds = [i / 100 for i in range(1, 101)]
     for index, (stage, stage_records) in enumerate(records.items()):
         ious = [record_iou(r) for r in stage_records]
@@ -295,7 +337,7 @@ def plot_demo(log_history: list[dict], records: dict[str, list[dict]], path: Pat
 
 def paired_change(before: list[dict], after: list[dict]) -> dict:
     """Per-query IoU change (points) from ``before`` to ``after``, records of the same queries: its mean (= the change
-    of mIoU) and the mean's standard error, which says how much of the change 48 queries can resolve."""
+    of mIoU) and the mean's standard error, which says how much of the change the held-out queries can resolve."""
     from statistics import mean, stdev
 
     from open_r1.evaluation import record_iou
@@ -307,10 +349,14 @@ def paired_change(before: list[dict], after: list[dict]) -> dict:
 
 
 def reward_trend(log_history: list[dict], key: str = "rewards/iou_reward/mean", window: int = 20) -> dict:
-    """Mean of a logged training reward over the first and the last ``window`` steps (fewer when the run is shorter)."""
+    """Mean of a logged training metric over the first and the last ``window`` steps (fewer when the run is shorter)."""
     from statistics import mean
 
-    values = [entry[key] for entry in log_history if key in entry]
+    values = [
+        entry[key] for entry in log_history if isinstance(entry.get(key), (int, float)) and entry[key] == entry[key]
+    ]
+    if not values:
+        return {"first": None, "last": None, "window": 0}
     window = min(window, len(values))
     return {"first": round(mean(values[:window]), 3), "last": round(mean(values[-window:]), 3), "window": window}
 
@@ -325,6 +371,7 @@ def run_demo(
     sft_batch_size: int = 16,
     grpo_lr: float = 2e-4,
     grpo_queries: int = 2,
+    select: bool = True,
 ) -> dict:
     """Run every stage; returns the summary written to ``OUTPUT_DIR/summary.json``."""
     from open_r1.evaluation import compute_metrics
@@ -341,41 +388,64 @@ def run_demo(
     started = time.perf_counter()
     max_new_tokens = 40
 
-    logger.info("1/5 writing and caching synthetic videos (training, held-out, all-background)")
+    logger.info("1/6 writing and caching synthetic videos (training, held-out, all-background)")
     splits = make_data(out / "data", train_videos)
     cache = out / "data" / "cache"
 
-    logger.info("2/5 a tiny random Qwen2.5-VL from the real config")
+    logger.info("2/6 a tiny random Qwen2.5-VL from the real config")
     random_dir = build_tiny_model(out / "random_model", seed=seed)
     records = {"random": evaluate_stage(random_dir, splits["test"], cache, out / "eval" / "random", max_new_tokens)}
     records["constant"] = constant_predictions(splits["train"], splits["test"])
 
     if warm_start is None:
-        logger.info("3/5 supervised warm start: %d steps of %d queries", sft_steps, sft_batch_size)
+        logger.info("3/6 supervised warm start: %d steps of %d queries", sft_steps, sft_batch_size)
         warm_start = train_warm_start(
             random_dir, splits["train"], cache, out / "warm_start", seed, sft_steps, sft_batch_size
         )
     else:
         # A copy under the output folder, where the walk-through (recipes/demo/grpo_tiny.yaml) expects the warm start
         # whichever way the demo got it.
-        logger.info("3/5 supervised warm start: %s (in %s)", warm_start, out / "warm_start")
+        logger.info("3/6 supervised warm start: %s (in %s)", warm_start, out / "warm_start")
         warm_start = place_warm_start(warm_start, out)
     warm_start = Path(warm_start)
     records["sft"] = evaluate_stage(warm_start, splits["test"], cache, out / "eval" / "sft", max_new_tokens)
     records["blank"] = evaluate_stage(warm_start, splits["blank"], cache, out / "eval" / "blank", max_new_tokens)
 
-    logger.info("4/5 GRPO: %d steps, 8 completions per query, rewards iou + format", grpo_steps)
-    trainer = train_grpo(warm_start, splits["train"], cache, out / "grpo", grpo_steps, seed, grpo_lr, grpo_queries)
+    selection, grpo_train = None, splits["train"]
+    if select:
+        logger.info("4/6 data selection: 8 samples per training query from the warm start; equal rewards dropped")
+        selection = select_training_queries(warm_start, splits["train"], cache, out / "selection", seed, grpo_queries)
+        if selection["counts"]["kept"] >= grpo_queries:
+            grpo_train = Path(selection["selected_file"])
+        else:  # a warm start that answers every query the same way (a very short one): nothing to choose from
+            logger.warning("data selection kept %d training queries, fewer than one GRPO step needs (%d): GRPO "
+                           "trains on all of them", selection["counts"]["kept"], grpo_queries)  # fmt: skip
+    else:
+        logger.info("4/6 data selection: off (GRPO on every training query)")
+    logger.info("5/6 GRPO: %d steps, 8 completions per query, rewards iou + format", grpo_steps)
+    trainer = train_grpo(warm_start, grpo_train, cache, out / "grpo", grpo_steps, seed, grpo_lr, grpo_queries)
     (out / "grpo_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
 
-    logger.info("5/5 evaluating every stage on the held-out videos")
+    logger.info("6/6 evaluating every stage on the held-out videos")
     records["grpo"] = evaluate_stage(out / "grpo", splits["test"], cache, out / "eval" / "grpo", max_new_tokens)
 
     keys = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "num_queries")
     summary = {stage: {k: compute_metrics(records[stage])[k] for k in keys} for stage in STAGES}
-    # Did GRPO move the held-out answers by more than 48 queries can resolve, and did its training reward rise?
-    summary["grpo_vs_sft"] = {"mIoU_change": paired_change(records["sft"], records["grpo"]),
-                              "train_iou_reward": reward_trend(trainer.state.log_history)}  # fmt: skip
+    # Did GRPO move the held-out answers by more than the held-out queries can resolve, did its training reward rise,
+    # and how much of each step carried signal?
+    log, window = trainer.state.log_history, max(20, grpo_steps // 5)
+    summary["grpo_vs_sft"] = {
+        "mIoU_change": paired_change(records["sft"], records["grpo"]),
+        "train_iou_reward": reward_trend(log, window=window),
+        "zero_std_share": reward_trend(log, "frac_reward_zero_std", window=window),
+        "group_reward_std": reward_trend(log, "signal/group_reward_std", window=window),
+        "span_spread": reward_trend(log, "signal/span_spread", window=window),
+    }
+    summary["selection"] = (
+        None
+        if selection is None
+        else {"counts": selection["counts"], "signal": selection["signal"], "used": grpo_train != splits["train"]}
+    )
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["seed"] = seed
     summary["warm_start"] = str(warm_start)
@@ -390,6 +460,12 @@ def run_demo(
         f"grpo - sft: mIoU {change['mean']:+.2f} (standard error {change['standard_error']:.2f}); training "
         f"IoU reward {trend['first']:.3f} -> {trend['last']:.3f} (first and last {trend['window']} steps)"
     )
+    zero = summary["grpo_vs_sft"]["zero_std_share"]
+    lines.append(f"groups with equal rewards: {zero['first']:.3f} -> {zero['last']:.3f} of each step's groups")
+    if selection is not None:
+        counts = selection["counts"]
+        lines.append(f"data selection: kept {counts['kept']} of {counts['queries']} training queries "
+                     f"({counts['equal_rewards']} with 8 equal rewards dropped)")  # fmt: skip
     logger.info("held-out videos, greedy answers:\n%s\nplot %s; summary %s; %.0f s", "\n".join(lines), plot,
                 out / "summary.json", summary["seconds"])  # fmt: skip
     return summary
@@ -439,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grpo_queries", type=positive_int, default=2, help="Queries per GRPO step (8 completions each)."
     )
+    parser.add_argument("--select_data", choices=("on", "off"), default="on",
+                        help="GRPO on the training queries whose sampled rewards differ (open_r1.select_data), or "
+                        "on all of them.")  # fmt: skip
     parser.add_argument("--warm_start", default=None, help="Start GRPO from this checkpoint instead of training one "
                         "('bundled': the shipped seed-0 warm start).")  # fmt: skip
     parser.add_argument("--build_warm_start", default=None, metavar="DIR", help="Only train the warm start (stages "
@@ -462,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_demo(
                 args.output_dir, args.seed, args.sft_steps, args.grpo_steps, args.warm_start, args.train_videos,
-                args.sft_batch_size, args.grpo_lr, args.grpo_queries,
+                args.sft_batch_size, args.grpo_lr, args.grpo_queries, args.select_data == "on",
             )  # fmt: skip
     except KeyboardInterrupt:
         logger.info("interrupted; what was written so far is in %s (a new run starts over)", Path(args.output_dir))

@@ -353,7 +353,7 @@ def run_entry_point(dataclass_types: tuple, train, job: str, argv: list[str] | N
     world = int(argv[at + 1])
     argv = argv[:at] + argv[at + 2 :]
     try:
-        preflight(*parse_cli(dataclass_types, argv), world=world, job=job)
+        preflight(*parse_cli(dataclass_types, argv)[:3], world=world, job=job)  # script, training, model
     except (OSError, ValueError) as error:
         print(f"pre-flight ({job}): {error}", file=sys.stderr)  # noqa: T201 - the launcher's one message
         raise SystemExit(2) from None

@@ -1,6 +1,6 @@
 """GRPO on videos: TRL's GRPOTrainer with the video tensors threaded through every forward pass.
 
-TRL 1.16 handles images only. This subclass wraps (never copies) four of its methods:
+TRL 1.16 handles images only. This subclass wraps (never copies) five of its methods:
 
 - ``_generate_and_score_completions``: loads each row's clip, encodes prompts + videos once with
   :func:`open_r1.modeling.encode_batch`, runs TRL's rollout/scoring, then attaches the video tensors to the batch
@@ -10,6 +10,7 @@ TRL 1.16 handles images only. This subclass wraps (never copies) four of its met
   and ``mm_token_type_ids`` to the model call, slicing the patches per row by ``video_grid_thw.prod(-1)``. This
   covers the old-policy, reference and policy passes, so all of them use the same 3-D time positions as sampling.
 - ``_compute_loss``: makes the current slice's videos the ones that pass uses.
+- ``_calculate_rewards``: also logs where the rollout's signal is (``signal/*``, :mod:`open_r1.signals`).
 
 With ``shared_work`` (the default) work shared by the rows of a group is done once: the frozen vision tower encodes
 each distinct video once per rollout, without grad, and those features serve generation and the old-policy,
@@ -151,6 +152,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         self.shared_work = shared_work
         self.whole_groups = whole_groups
         self.decode = check_decode_mode(decode)
+        self.last_rollout: dict | None = None  # the latest rollout's rewards, spans and signals
         # torch.compile backend of the static decode step (None: inductor); the CPU equality tests use "eager".
         self.decode_compile_backend: str | None = None
         self._static_cache = None  # reused across rollouts (same memory for a CUDA-graph decode step)
@@ -284,6 +286,35 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             prompt_mm, output["prompt_ids"].size(1), output["completion_ids"].size(1)
         ).to(device)
         return output
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards (gathered over processes), plus where the rollout's signal is (:mod:`open_r1.signals`):
+        logged each step as ``signal/<name>`` and kept, with the rewards and parsed spans, in ``last_rollout``."""
+        from accelerate.utils import gather
+
+        from open_r1.grounding import parse_span
+        from open_r1.rewards import completion_text
+        from open_r1.signals import rollout_signals
+
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        local = []
+        for completion in completions:
+            span = parse_span(completion_text(completion), strict=True)
+            local.append(span if span is not None else (math.nan, math.nan))
+        spans = gather(torch.tensor(local, dtype=torch.float64, device=rewards_per_func.device).view(-1, 2)).cpu()
+        spans = [None if math.isnan(start) else (start, end) for start, end in spans.tolist()]
+        weights = self.reward_weights.to(rewards_per_func.device)
+        total = (rewards_per_func * weights).nansum(dim=1)
+        total[torch.isnan(rewards_per_func).all(dim=1)] = math.nan
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        signals = rollout_signals(total.cpu(), spans, num_generations)
+        for name, value in signals.items():
+            if not math.isnan(value):  # no group with two parsed answers: no span spread this step
+                self._metrics[mode][f"signal/{name}"].append(value)
+        self.last_rollout = {"rewards_per_func": rewards_per_func.cpu(), "total": total.cpu(), "spans": spans,
+                             "signals": signals}  # fmt: skip
+        return rewards_per_func
 
     @contextlib.contextmanager
     def _shared_generation(self, inputs: list[dict], features: list[torch.Tensor] | None):

@@ -1,0 +1,74 @@
+"""Where GRPO's learning signal is: per-group statistics of a rollout's rewards and sampled spans.
+
+A GRPO step learns only from groups whose rewards differ: the advantage ``(r - mean) / (std + 1e-4)`` of a group with
+equal rewards is 0 for every completion, so such a group adds nothing but the KL term. Three numbers per rollout say
+how much of a step carries signal (the trainer logs them each step; ``open_r1.select_data`` records them per query):
+
+- ``zero_std_share``: the share of groups whose total rewards are all equal (TRL logs the same number per row as
+  ``frac_reward_zero_std``);
+- ``group_reward_std``: the mean over groups of the within-group standard deviation of the total reward (Bessel's
+  correction, as TRL's advantage uses); TRL's ``reward_std`` is the standard deviation over the whole batch instead,
+  which stays high when every group is constant but the groups differ from each other;
+- ``span_spread``: the mean over groups of ``1 - IoU`` between pairs of the group's parsed spans (0: all sampled
+  answers name the same span; groups with fewer than two parsed answers are left out), and ``span_parsed`` the share
+  of completions whose answer parses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from open_r1.grounding import Span, temporal_iou
+
+__all__ = ["SIGNAL_KEYS", "group_reward_stats", "span_spread", "rollout_signals"]
+
+# The names the trainer logs under (``signal/<name>``).
+SIGNAL_KEYS = ("zero_std_share", "group_reward_std", "span_spread", "span_parsed")
+
+
+def group_reward_stats(rewards: torch.Tensor, num_generations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean and standard deviation (Bessel's correction; NaN rewards, unscorable completions, left out) of
+    ``rewards`` laid out group after group, ``num_generations`` rows each."""
+    if rewards.numel() % num_generations:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {num_generations}")
+    grouped = rewards.detach().double().view(-1, num_generations)
+    valid = ~torch.isnan(grouped)
+    count = valid.sum(dim=1)
+    filled = torch.where(valid, grouped, torch.zeros_like(grouped))
+    mean = filled.sum(dim=1) / count.clamp(min=1)
+    squares = torch.where(valid, (grouped - mean[:, None]) ** 2, torch.zeros_like(grouped)).sum(dim=1)
+    std = torch.sqrt(squares / (count - 1).clamp(min=1))
+    std = torch.where(count > 1, std, torch.zeros_like(std))
+    mean = torch.where(count > 0, mean, torch.full_like(mean, math.nan))
+    return mean, std
+
+
+def span_spread(spans: Sequence[Span | None]) -> float | None:
+    """``1 -`` the mean IoU over pairs of the parsed spans (None when fewer than two parse)."""
+    parsed = [span for span in spans if span is not None]
+    if len(parsed) < 2:
+        return None
+    pairs = [(a, b) for i, a in enumerate(parsed) for b in parsed[i + 1 :]]
+    # Two equal answers agree whatever they are; otherwise a zero-length or reversed span overlaps nothing, as in the
+    # reward.
+    return 1.0 - sum(1.0 if a == b else temporal_iou(a, [b]) for a, b in pairs) / len(pairs)
+
+
+def rollout_signals(rewards: torch.Tensor, spans: Sequence[Span | None], num_generations: int) -> dict[str, float]:
+    """The numbers of the module docstring for one rollout: ``rewards`` the total reward per completion and ``spans``
+    the parsed answer per completion (None when it does not parse), both group after group."""
+    if len(spans) != rewards.numel():
+        raise ValueError(f"{len(spans)} spans for {rewards.numel()} rewards")
+    _, std = group_reward_stats(rewards, num_generations)
+    zero = torch.isclose(std, torch.zeros_like(std))
+    spreads = [span_spread(spans[i : i + num_generations]) for i in range(0, len(spans), num_generations)]
+    spreads = [value for value in spreads if value is not None]
+    return {
+        "zero_std_share": zero.double().mean().item(),
+        "group_reward_std": std.mean().item(),
+        "span_spread": sum(spreads) / len(spreads) if spreads else math.nan,
+        "span_parsed": sum(span is not None for span in spans) / max(len(spans), 1),
+    }

@@ -1,0 +1,117 @@
+"""python -m open_r1.select_data: sample through the training rollout, keep the queries whose rewards disagree."""
+
+import json
+
+import pytest
+from _entry_points import common_args, tiny_setup
+
+from open_r1 import rewards
+from open_r1.data import load_annotations
+from open_r1.select_data import REPORT_FILE, SELECTED_FILE, SelectionArguments, cli, decide, write_selection
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return tiny_setup(tmp_path_factory, "select")
+
+
+@pytest.fixture
+def by_query(setup, monkeypatch):
+    """A reward that is the same for all 8 samples of the first query and differs between the samples of the
+    others (it reads the sample's position in its batch), so the selection has a known answer."""
+    first = load_annotations(setup[1])[0]["query_id"]
+    calls = []
+
+    def by_query_reward(completions, query_id, **kwargs):
+        calls.append(len(completions))
+        return [0.5 if q == first else float(i % 3) for i, q in enumerate(query_id)]
+
+    monkeypatch.setitem(rewards.REWARD_FUNCS, "by_query", by_query_reward)
+    return first, calls
+
+
+def select(setup, out, *extra):
+    args = ["--num_generations", "8", "--max_completion_length", "6", "--reward_funcs", "by_query", "format"]
+    return cli(common_args(setup, out, *args, "--per_device_train_batch_size", "16", *extra))
+
+
+def score_lines(out):
+    return [
+        json.loads(line) for path in sorted(out.glob("scores.rank*.jsonl")) for line in path.read_text().splitlines()
+    ]
+
+
+@pytest.mark.slow
+def test_equal_rewards_are_dropped_differing_kept_and_the_report_matches_the_file(setup, by_query, tmp_path):
+    first, calls = by_query
+    rows = load_annotations(setup[1])
+    out = tmp_path / "selection"
+    report = select(setup, out)
+    # Every query sampled 8 times through the rollout, 2 queries per rollout (16 rows).
+    assert calls == [16] * (len(rows) // 2)
+    scores = {s["query_id"]: s for s in score_lines(out)}
+    assert set(scores) == {row["query_id"] for row in rows}
+    assert scores[first]["rewards"]["by_query_reward"] == [0.5] * 8 and scores[first]["reward_std"] == 0.0
+    assert all(len(s["total"]) == 8 for s in scores.values())
+    counts = report["counts"]
+    assert counts == {"queries": len(rows), "kept": len(rows) - 1, "equal_rewards": 1, "low_std": 0, "solved": 0}
+    assert report == json.loads((out / REPORT_FILE).read_text())
+    # The filtered file is a valid annotation file holding exactly the kept queries.
+    kept = load_annotations(out / SELECTED_FILE)
+    assert len(kept) == counts["kept"] == len(report["kept_query_ids"])
+    assert first not in report["kept_query_ids"]
+    source = {row["query_id"]: row for row in rows}
+    assert [(r["video_id"], r["query"], r["windows"]) for r in kept] == [
+        (source[q]["video_id"], source[q]["query"], source[q]["windows"]) for q in report["kept_query_ids"]
+    ]
+    assert report["signal"]["zero_std_share"] == pytest.approx(1 / len(rows))
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_other_thresholds_only_refilter(setup, by_query, tmp_path):
+    _, calls = by_query
+    rows = load_annotations(setup[1])
+    out = tmp_path / "selection"
+    select(setup, out)
+    path = out / "scores.rank0.jsonl"
+    lines = path.read_text().splitlines()
+    # Killed after the first rollout, mid-way through writing a line.
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
+    calls.clear()
+    select(setup, out)
+    assert calls == [16] * ((len(rows) - 2) // 2)
+    assert sorted(s["query_id"] for s in score_lines(out)) == sorted(r["query_id"] for r in rows)
+    # Everything scored: a stricter threshold refilters without sampling.
+    calls.clear()
+    report = select(setup, out, "--min_reward_std", "100")
+    assert calls == []
+    assert report["counts"]["kept"] == 0 and report["counts"]["low_std"] == len(rows) - 1
+    assert not (out / SELECTED_FILE).exists() and report["selected_file"] is None
+
+
+@pytest.mark.slow
+def test_scores_sampled_another_way_are_not_mixed(setup, by_query, tmp_path):
+    out = tmp_path / "selection"
+    select(setup, out)
+    with pytest.raises(ValueError, match="temperature"):
+        select(setup, out, "--temperature", "0.7")
+    report = select(setup, out, "--temperature", "0.7", "--overwrite_scores", "true")
+    assert report["config"]["temperature"] == 0.7
+
+
+def test_decision_rules():
+    score = {"reward_std": 0.2, "mean_iou": 0.5}
+    assert decide(score, 0.0, 1.0) == "kept"
+    assert decide({**score, "reward_std": 5e-9}, 0.0, 1.0) == "equal_rewards"
+    assert decide(score, 0.3, 1.0) == "low_std"
+    assert decide(score, 0.0, 0.4) == "solved"
+    with pytest.raises(ValueError, match="min_reward_std"):
+        SelectionArguments(min_reward_std=-1)
+    with pytest.raises(ValueError, match="max_mean_iou"):
+        SelectionArguments(max_mean_iou=1.5)
+
+
+def test_unscored_queries_stop_the_filter(tmp_path):
+    rows = [{"query_id": "a#0", "video_id": "a", "duration": 5.0, "windows": [[1.0, 2.0]], "raw_query": "x"}]
+    with pytest.raises(RuntimeError, match="1 queries have no score"):
+        write_selection(rows, {}, SelectionArguments(), tmp_path, {})

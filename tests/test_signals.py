@@ -1,0 +1,51 @@
+"""Where a rollout's learning signal is (open_r1.signals), checked against formulas written here."""
+
+import math
+from statistics import mean, stdev
+
+import pytest
+import torch
+
+from open_r1.signals import group_reward_stats, rollout_signals, span_spread
+
+
+def test_group_std_is_the_within_group_sample_std_not_the_batch_std():
+    # Two groups of 4: the first constant, the second varied; the groups differ from each other.
+    rewards = [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, 1.0]
+    means, stds = group_reward_stats(torch.tensor(rewards), 4)
+    assert means.tolist() == [1.0, 1.0]
+    assert stds.tolist() == pytest.approx([0.0, stdev(rewards[4:])], abs=1e-12)
+    signals = rollout_signals(torch.tensor(rewards), [None] * 8, 4)
+    assert signals["zero_std_share"] == 0.5
+    assert signals["group_reward_std"] == pytest.approx(mean([0.0, stdev(rewards[4:])]))
+    # The batch std (TRL's reward_std) would be positive even if both groups were constant at different levels.
+    constant_groups = torch.tensor([0.0] * 4 + [2.0] * 4)
+    assert rollout_signals(constant_groups, [None] * 8, 4)["group_reward_std"] == 0.0
+    assert rollout_signals(constant_groups, [None] * 8, 4)["zero_std_share"] == 1.0
+    assert constant_groups.std().item() > 1
+
+
+def test_unscorable_completions_are_left_out_of_their_group():
+    means, stds = group_reward_stats(torch.tensor([1.0, math.nan, 3.0, 5.0]), 4)
+    assert means.item() == pytest.approx(3.0)
+    assert stds.item() == pytest.approx(stdev([1.0, 3.0, 5.0]))
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_reward_stats(torch.zeros(8), 3)
+
+
+def test_span_spread_is_one_minus_the_mean_pairwise_iou():
+    assert span_spread([(1.0, 3.0)] * 4) == 0.0
+    # IoUs: (0,2)-(1,3) = 1/3, (0,2)-(0,2) = 1, (1,3)-(0,2) = 1/3.
+    assert span_spread([(0.0, 2.0), (1.0, 3.0), (0.0, 2.0), None]) == pytest.approx(1 - (1 / 3 + 1 + 1 / 3) / 3)
+    assert span_spread([(0.0, 2.0), (5.0, 6.0)]) == 1.0
+    assert span_spread([(0.0, 2.0), None]) is None
+    # A reversed span overlaps nothing but itself.
+    assert span_spread([(3.0, 1.0), (3.0, 1.0), (1.0, 3.0)]) == pytest.approx(1 - 1 / 3)
+
+
+def test_span_signals_average_over_groups_with_two_parsed_answers():
+    spans = [(0.0, 2.0), (0.0, 2.0), None, None] + [(0.0, 1.0), (1.0, 2.0), None, None] + [None] * 4
+    signals = rollout_signals(torch.zeros(12), spans, 4)
+    assert signals["span_spread"] == pytest.approx((0.0 + 1.0) / 2)
+    assert signals["span_parsed"] == pytest.approx(4 / 12)
+    assert math.isnan(rollout_signals(torch.zeros(4), [None] * 4, 4)["span_spread"])
