@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_shared_work import perturbed_trainer, tiny_path  # noqa: F401  (the module fixture)
 from test_trainer import CLIPS, dataset
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from open_r1 import decoding
 from open_r1.trainer import video_grpo_trainer as trainer_module
@@ -109,3 +110,84 @@ def test_a_compiler_failure_falls_back_to_eager_with_the_same_rollout(tiny_path,
     assert "compiled decode failed (RuntimeError: no such compiler backend); decoding eagerly" in caplog.text
     assert trainer.decode == "eager"
     assert torch.equal(out["completion_ids"], expected["completion_ids"])  # the random state was restored
+
+
+class CastCounter(TorchDispatchMode):
+    """Counts the ops that turn one of ``tensors`` (by storage) into bf16: autocast's per-call casts (``_to_copy``)
+    and a rollout copy's refresh (``copy_``)."""
+
+    def __init__(self, tensors):
+        super().__init__()
+        self.pointers = {t.data_ptr() for t in tensors}
+        self.casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in ("_to_copy", "copy_"):
+            source = args[0] if name == "_to_copy" else args[1]
+            target = out if name == "_to_copy" else args[0]
+            if source.data_ptr() in self.pointers and target.dtype == torch.bfloat16:
+                self.casts += 1
+        return out
+
+
+@pytest.mark.slow
+def test_a_bf16_rollout_copy_samples_what_autocast_samples_with_one_cast_per_rollout(tiny_path, tmp_path):  # noqa: F811
+    """fp32 master weights under bf16 autocast (the plain path's --bf16 true): one bf16 copy of the linear layers per
+    rollout gives bit-identical completions and log-probs to autocast's cast of every layer on every call."""
+    rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
+    results, counts = {}, {}
+    for mode in ("master", "auto"):
+        trainer = with_decode(perturbed_trainer(tiny_path, tmp_path / mode, True, bf16=True, top_k=50), "eager")
+        trainer.rollout_weights = mode
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        # What accelerate's prepare does under bf16 mixed precision: autocast around each forward call.
+        model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
+        masters = decoding.half_linear_weights(model)
+        assert masters and all(p.dtype == torch.float32 for p in masters)
+        before = [(p.data_ptr(), p.detach().clone()) for p in masters]
+        inside = CastCounter(masters)
+        real = model.generate
+
+        def spy(*args, counter=inside, real=real, **kwargs):  # the innermost generate, as TRL calls it
+            with counter:
+                return real(*args, **kwargs)
+
+        model.generate = spy
+        whole = CastCounter(masters)
+        with whole:
+            results[mode] = rollout(trainer, rows)
+        counts[mode] = (inside.casts, whole.casts)
+        # The masters are back, the same tensors with the same values.
+        assert [(p.dtype, p.data_ptr()) for p in masters] == [(torch.float32, ptr) for ptr, _ in before]
+        assert all(torch.equal(p, value) for p, (_, value) in zip(masters, before))
+    master, copy = results["master"], results["auto"]
+    assert torch.equal(master["completion_ids"], copy["completion_ids"])
+    mask = master["completion_mask"].bool()
+    assert torch.equal(master["ref_per_token_logps"][mask], copy["ref_per_token_logps"][mask])
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    num = len(decoding.half_linear_weights(model))
+    language = len(decoding.half_linear_weights(model.model.language_model)) + 1  # + lm_head
+    # Autocast casts each language-model weight on every decode forward; the copy casts each once, before decoding.
+    assert counts["auto"][0] == 0
+    assert counts["master"][0] >= language * rows_decoded_steps(master)
+    # Over the whole rollout the copy saves exactly generation's casts (the shared prefill's, one per language-model
+    # weight, and every decode step's) less its own one per weight; the log-prob passes cast the same in both.
+    assert counts["master"][1] - counts["auto"][1] == language + counts["master"][0] - num
+
+
+def rows_decoded_steps(out) -> int:
+    """Forward calls of one generate: the prefill plus one per generated token after the first."""
+    return int(out["completion_mask"].sum(dim=1).max().item())
+
+
+def test_a_tied_embedding_is_not_copied():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10), torch.nn.Linear(4, 4))
+    model[1].weight = model[0].weight
+    found = decoding.half_linear_weights(model)
+    assert all(p is not model[0].weight for p in found)
+    assert {id(p) for p in found} == {id(model[1].bias), id(model[2].weight), id(model[2].bias)}
+    with decoding.RolloutWeights(model):
+        assert model[0].weight.dtype == torch.float32 and model[2].weight.dtype == torch.bfloat16
+    assert model[2].weight.dtype == torch.float32

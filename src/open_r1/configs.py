@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from open_r1.decoding import check_decode_mode
+from open_r1.decoding import check_decode_mode, check_rollout_weights
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, POSITION_LAYOUTS
 
 # The paper's video settings (TimeZero section 4.1): 2 fps, at most 3584*28*28 pixels for the whole clip and at least
@@ -271,6 +271,14 @@ class GRPOScriptArguments(VideoDataArguments):
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on the first N queries only (smoke tests)."}
     )
+    rollout_weights: str = field(
+        default="auto",
+        metadata={
+            "help": "Weights the rollouts decode with on the fp32-master path (no DeepSpeed, --bf16 true): auto/bf16 "
+            "(one bf16 copy of the linear layers per rollout, the same tokens as autocast's cast per call) or master "
+            "(autocast casts every layer's weights on every token). See open_r1.decoding.RolloutWeights."
+        },
+    )
     whole_groups: bool = field(
         default=True,
         metadata={
@@ -286,6 +294,7 @@ class GRPOScriptArguments(VideoDataArguments):
             raise ValueError("give --video_dir (raw videos) and/or --cache_dir (preprocessed videos)")
         if not self.reward_funcs:
             raise ValueError("give at least one reward in --reward_funcs")
+        check_rollout_weights(self.rollout_weights)
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be at least 1, got {self.max_train_samples}")
         self.to_settings()  # fails fast on impossible video settings

@@ -1,6 +1,6 @@
 """The pipeline end to end in minutes on a CPU: synthetic videos -> preprocess -> warm start -> GRPO -> evaluate.
 
-    python -m open_r1.demo [--output_dir outputs/demo] [--seed 0] [--sft_steps 300] [--grpo_steps 60]
+    python -m open_r1.demo [--output_dir outputs/demo] [--seed 0] [--sft_steps 300] [--grpo_steps 300] [--select_data on]
     python -m open_r1.demo --warm_start bundled      # start GRPO from the shipped seed-0 warm start (~1 minute)
     python -m open_r1.demo --build_warm_start DIR    # only stages 1-3, exported to DIR (how the bundled one is made)
 
@@ -365,7 +365,7 @@ def run_demo(
     output_dir: str | Path = "outputs/demo",
     seed: int = 0,
     sft_steps: int = 300,
-    grpo_steps: int = 60,
+    grpo_steps: int = 300,
     warm_start: str | Path | None = None,
     train_videos: int | None = None,
     sft_batch_size: int = 16,
@@ -509,7 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft_steps", type=positive_int, default=300, help="Warm-start steps.")
     parser.add_argument("--sft_batch_size", type=positive_int, default=16, help="Queries per warm-start step.")
     parser.add_argument(
-        "--grpo_steps", type=positive_int, default=60, help="GRPO steps (--grpo_queries queries x 8 completions each)."
+        "--grpo_steps",
+        type=positive_int,
+        default=300,
+        help="GRPO steps (--grpo_queries queries x 8 completions each).",
     )
     parser.add_argument("--grpo_lr", type=positive_float, default=2e-4, help="GRPO learning rate.")
     parser.add_argument(

@@ -220,6 +220,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         shared_work=script_args.shared_work,
         whole_groups=script_args.whole_groups,
         decode=script_args.decode,
+        rollout_weights=script_args.rollout_weights,
         callbacks=callbacks,
         peft_config=get_peft_config(model_args),  # None unless --use_peft
     )

@@ -34,9 +34,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from trl import GRPOTrainer
 
 from open_r1.decoding import (
+    RolloutWeights,
     check_decode_mode,
+    check_rollout_weights,
     compiling,
     decode_compile_config,
+    half_linear_weights,
     static_cache_from,
     use_static_decode,
 )
@@ -108,6 +111,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         shared_work: bool = True,
         whole_groups: bool = True,
         decode: str = "auto",
+        rollout_weights: str = "auto",
         **kwargs,
     ):
         if video_loader is None:
@@ -152,6 +156,12 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         self.shared_work = shared_work
         self.whole_groups = whole_groups
         self.decode = check_decode_mode(decode)
+        self.rollout_weights = check_rollout_weights(rollout_weights)
+        if rollout_weights == "bf16" and not (args is not None and args.bf16):
+            raise ValueError(
+                "rollout_weights 'bf16' copies the weights bf16 autocast would cast: it needs --bf16 true"
+            )
+        self._rollout_copy: RolloutWeights | None = None
         self.last_rollout: dict | None = None  # the latest rollout's rewards, spans and signals
         # torch.compile backend of the static decode step (None: inductor); the CPU equality tests use "eager".
         self.decode_compile_backend: str | None = None
@@ -268,7 +278,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         if reusable is not None:
             self._video_inputs["features"] = reusable
         try:
-            with self._shared_generation(inputs, features):
+            with self._shared_generation(inputs, features), self._bf16_rollout_weights():
                 output = super()._generate_and_score_completions(inputs)
         finally:
             self._encoded_prompts = None
@@ -315,6 +325,43 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         self.last_rollout = {"rewards_per_func": rewards_per_func.cpu(), "total": total.cpu(), "spans": spans,
                              "signals": signals}  # fmt: skip
         return rewards_per_func
+
+    def _uses_rollout_copy(self, model) -> bool:
+        """A bf16 copy of the linear weights for generation: on the fp32-master path under bf16 autocast (``auto``),
+        or when asked (``bf16``); never under DeepSpeed, whose bf16 model holds bf16 weights already."""
+        if self.rollout_weights == "master" or self.is_deepspeed_enabled or not self.args.bf16:
+            return False
+        return bool(half_linear_weights(model))
+
+    @contextlib.contextmanager
+    def _bf16_rollout_weights(self):
+        """During TRL's ``generate`` call: the linear layers' weights as one bf16 copy (:class:`RolloutWeights`),
+        refreshed from the fp32 masters once per rollout, instead of autocast's cast per layer per token."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not self._uses_rollout_copy(model):
+            yield
+            return
+        if self._rollout_copy is None or self._rollout_copy.model is not model:
+            self._rollout_copy = RolloutWeights(model, torch.bfloat16)
+        self._log_once("rollout_weights", "rollouts: one bf16 copy of the linear weights per rollout (fp32 masters "
+                       "under bf16 autocast; --rollout_weights master casts per call instead)")  # fmt: skip
+        current, previous = model.generate, model.__dict__.get("generate")
+        copy = self._rollout_copy
+
+        def generate(*args, **kwargs):
+            # Autocast around the call too: a trainer not yet prepared by accelerate (data selection) has no autocast
+            # on its forward, and bf16 weights need it; inside a prepared forward's own autocast it changes nothing.
+            with copy, self.accelerator.autocast():
+                return current(*args, **kwargs)
+
+        model.generate = generate
+        try:
+            yield
+        finally:
+            if previous is None:
+                del model.generate
+            else:
+                model.generate = previous
 
     @contextlib.contextmanager
     def _shared_generation(self, inputs: list[dict], features: list[torch.Tensor] | None):
