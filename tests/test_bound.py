@@ -63,3 +63,24 @@ def test_the_paper_step_bound():
     assert phases["backward"]["flops"] == 3 * phases["policy_forward"]["flops"]
     total = sum(p["bound_s"] for p in phases.values())
     assert 1.0 < total < 1.4  # seconds per step on one H200
+
+
+def test_evaluation_counts_and_bound():
+    """benchmarks/eval_bound.py: the previous runner's tower passes (file order, per batch) and the clip grids."""
+    import eval_bound
+    from transformers import AutoConfig
+
+    from open_r1.modeling import ASSETS_DIR
+
+    # Batches of 2 over a, a | a, b | b, c: 1 + 2 + 2 = 5 passes for 3 videos.
+    assert eval_bound.tower_passes(["a", "a", "a", "b", "b", "c"], 2) == 5
+    assert eval_bound.tower_passes(["a", "a", "a", "b", "b", "c"], 6) == 3
+    # A 30 s clip at 2 fps: 60 frames -> 30 temporal patches, within the paper's 3,584-token budget.
+    t, h, w = eval_bound.video_grid(30.0, (270, 480))
+    assert t == 30 and t * h * w // 4 <= 3584
+    config = AutoConfig.from_pretrained(ASSETS_DIR)
+    rows = [{"video_id": v, "duration": 30.0} for v in ("a", "a", "b")]
+    phases = eval_bound.split_bound(config, rows, batch_size=2, answer_tokens=5, source_size=(270, 480))
+    # 2 batches x 5 decode steps, each reading every weight once; the tower runs once per video.
+    assert phases["decode"]["bytes"] > 10 * bound.text_weight_bytes(config.text_config)
+    assert phases["vision"]["flops"] == 2 * bound.vision_forward_flops(config.vision_config, (t, h, w))

@@ -1,11 +1,13 @@
-"""The pipeline end to end in minutes on a CPU: synthetic videos -> preprocess -> warm start -> GRPO -> evaluate.
+"""The pipeline end to end in minutes on a CPU: synthetic videos -> preprocess -> warm start -> data selection -> GRPO
+-> evaluate.
 
     python -m open_r1.demo [--output_dir outputs/demo] [--seed 0] [--sft_steps 300] [--grpo_steps 300] [--select_data on]
     python -m open_r1.demo --warm_start bundled      # start GRPO from the shipped seed-0 warm start (~1 minute)
     python -m open_r1.demo --build_warm_start DIR    # only stages 1-3, exported to DIR (how the bundled one is made)
 
 The same code path as a real run: the preprocessing cache, the paper's prompt, the reference 3-D time positions,
-the supervised warm start (:mod:`open_r1.sft_video`), the IoU + format rewards, ``VideoGRPOTrainer`` and
+the supervised warm start (:mod:`open_r1.sft_video`), data selection (:mod:`open_r1.select_data`: the training
+queries whose 8 sampled rewards are all equal are dropped), the IoU + format rewards, ``VideoGRPOTrainer`` and
 ``evaluate.py``'s loop, on a tiny Qwen2.5-VL built from the real config. The task needs the video: each clip
 (8-12 s at 2 fps) shows one coloured shape as large as the frame for 1-3 s; the query names it ("the red square
 appears"). Every stage is scored on held-out videos:
@@ -14,8 +16,11 @@ appears"). Every stage is scored on held-out videos:
 - baselines: ``constant`` (the single span that scores best on the training queries) and ``blank`` (the warm-started
   model on all-background copies of the held-out videos: what it answers without seeing the events).
 
-``OUTPUT_DIR/summary.json`` holds each stage's R1@0.3/0.5/0.7, mIoU and query count; ``demo_plot.png`` the GRPO
-reward curve and the stages' R1-vs-threshold curves. The README has the three-seed table.
+``OUTPUT_DIR/summary.json`` holds each stage's R1@0.3/0.5/0.7, mIoU and query count, the paired held-out change from
+the warm start to GRPO with its standard error, the training signal (IoU reward, share of equal-reward groups,
+within-group reward std, span spread; first vs last fifth of the steps) and the selection's counts;
+``demo_plot.png`` the GRPO rewards, the signal per step and the stages' R1-vs-threshold curves. The README has the
+three-seed table.
 """
 
 from __future__ import annotations
