@@ -2,7 +2,7 @@
 -> evaluate.
 
     python -m open_r1.demo [--output_dir outputs/demo] [--seed 0] [--sft_steps 300] [--grpo_steps 300] [--select_data on]
-    python -m open_r1.demo --warm_start bundled      # start GRPO from the shipped seed-0 warm start (~1 minute)
+    python -m open_r1.demo --warm_start bundled      # start from the shipped seed-0 warm start (~2.5 minutes)
     python -m open_r1.demo --build_warm_start DIR    # only stages 1-3, exported to DIR (how the bundled one is made)
 
 The same code path as a real run: the preprocessing cache, the paper's prompt, the reference 3-D time positions,
@@ -478,7 +478,7 @@ def run_demo(
 
 def cpu_threads() -> tuple[int, str]:
     """Threads for the demo's CPU work, and why: OMP_NUM_THREADS when set, else one. The tiny model gains nothing
-    from more (the whole demo took 262 s on one thread of an idle 2-core machine); one thread does not collapse when
+    from more (the whole demo took 370 s on one thread of an idle 2-core machine); one thread does not collapse when
     other jobs share the cores (two threads under load ran a matmul 60x slower, the warm start 3x), and the numbers
     do not depend on the machine's load, since the thread count changes the order of float sums."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
