@@ -235,7 +235,7 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
     )  # fmt: skip
     for line in process.stdout:
-        if line.startswith("1/5"):
+        if line.startswith("1/6"):
             break
     time.sleep(1.0)
     started = time.perf_counter()

@@ -345,8 +345,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             self._rollout_copy = RolloutWeights(model, torch.bfloat16)
         self._log_once("rollout_weights", "rollouts: one bf16 copy of the linear weights per rollout (fp32 masters "
                        "under bf16 autocast; --rollout_weights master casts per call instead)")  # fmt: skip
-        current, previous = model.generate, model.__dict__.get("generate")
-        copy = self._rollout_copy
+        current, copy = model.generate, self._rollout_copy
 
         def generate(*args, **kwargs):
             # Autocast around the call too: a trainer not yet prepared by accelerate (data selection) has no autocast
@@ -354,14 +353,8 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             with copy, self.accelerator.autocast():
                 return current(*args, **kwargs)
 
-        model.generate = generate
-        try:
+        with _generate_replaced(model, generate):
             yield
-        finally:
-            if previous is None:
-                del model.generate
-            else:
-                model.generate = previous
 
     @contextlib.contextmanager
     def _shared_generation(self, inputs: list[dict], features: list[torch.Tensor] | None):
@@ -419,15 +412,8 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             )
             return out.repeat_interleave(run, dim=0) if greedy else out
 
-        previous = model.__dict__.get("generate")  # an instance-level wrapper (profilers, tests) stays in place
-        model.generate = generate
-        try:
+        with _generate_replaced(model, generate):
             yield
-        finally:
-            if previous is None:
-                del model.generate
-            else:
-                model.generate = previous
 
     @staticmethod
     def _full_mm_token_type_ids(prompt_mm: list[list[int]], prompt_width: int, completion_width: int) -> torch.Tensor:
@@ -682,6 +668,21 @@ def _sample_from_one_prefill(
         **expanded,
     )
     return out, cache if compile_config is not None else None
+
+
+@contextlib.contextmanager
+def _generate_replaced(model, generate: Callable):
+    """``model.generate`` is ``generate`` inside the block; an instance-level wrapper that was there before (a
+    profiler's, a test's, an outer rollout wrapper) is put back after it."""
+    previous = model.__dict__.get("generate")
+    model.generate = generate
+    try:
+        yield
+    finally:
+        if previous is None:
+            del model.generate
+        else:
+            model.generate = previous
 
 
 def _cuda_rng_state():
