@@ -244,3 +244,26 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path):
     assert process.returncode == 130, err[-3000:]
     assert time.perf_counter() - started < 30
     assert "Traceback" not in err and f"interrupted; what was written so far is in {tmp_path / 'demo'}" in out
+
+
+def test_ctrl_c_ends_the_demo_even_when_an_extension_swallows_the_interrupt(tmp_path):
+    """Some C extensions (PyAV's write callbacks) print and drop an exception raised inside them, so the demo would run
+    on after Ctrl-C; the watchdog ends it with the same line and exit status 130."""
+    import signal
+    import sys
+    import time
+
+    code = (
+        "import time\nfrom pathlib import Path\nfrom open_r1.demo import stop_on_ctrl_c\n"
+        f"stop_on_ctrl_c(Path({str(tmp_path)!r}), grace_s=1.0)\nprint('ready', flush=True)\n"
+        "while True:\n    try:\n        time.sleep(0.05)\n    except KeyboardInterrupt:\n        pass  # swallowed\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.5)  # inside the loop that swallows the interrupt
+    started = time.perf_counter()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert 1.0 <= time.perf_counter() - started < 10
+    assert f"interrupted; what was written so far is in {tmp_path}" in out and "Traceback" not in err

@@ -486,6 +486,30 @@ def cpu_threads() -> tuple[int, str]:
     return 1, "the demo's default, whatever the load; set OMP_NUM_THREADS to choose"
 
 
+def interrupted_message(output_dir: Path) -> str:
+    return f"interrupted; what was written so far is in {output_dir} (a new run starts over)"
+
+
+def stop_on_ctrl_c(output_dir: Path, grace_s: float = 10.0) -> None:
+    """Ctrl-C raises KeyboardInterrupt as usual, which ``main`` turns into one line and exit status 130. An exception
+    raised inside some C extensions' callbacks (PyAV writing a synthetic video, for one) is printed and dropped
+    instead, and the demo would run on; so a watchdog started by the signal ends the process with the same line and
+    status if it is still running ``grace_s`` later."""
+    import signal
+    import threading
+
+    def watchdog():
+        time.sleep(grace_s)
+        print(interrupted_message(output_dir), flush=True)  # noqa: T201 - the process ends here
+        os._exit(130)
+
+    def handler(signum, frame):
+        threading.Thread(target=watchdog, daemon=True, name="ctrl-c-watchdog").start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1 (0 or -5 steps would train whole epochs or fail deep inside)."""
     try:
@@ -543,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     threads, why = cpu_threads()
     torch.set_num_threads(threads)
     logger.info("CPU threads: %d (%s)", threads, why)
+    stop_on_ctrl_c(Path(args.output_dir))
     try:
         if args.build_warm_start:
             build_warm_start(Path(args.build_warm_start), Path(args.output_dir), args.seed, args.sft_steps)
@@ -552,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.sft_batch_size, args.grpo_lr, args.grpo_queries, args.select_data == "on",
             )  # fmt: skip
     except KeyboardInterrupt:
-        logger.info("interrupted; what was written so far is in %s (a new run starts over)", Path(args.output_dir))
+        logger.info(interrupted_message(Path(args.output_dir)))
         return 130
     return 0
 
