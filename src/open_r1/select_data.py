@@ -70,13 +70,10 @@ class SelectionArguments:
             raise ValueError(f"--max_mean_iou must be in [0, 1], got {self.max_mean_iou}")
 
 
-def is_zero_std(std: float) -> bool:
-    """TRL's test for a group without signal (``torch.isclose(std, 0)``: absolute tolerance 1e-8)."""
-    return abs(std) <= 1e-8
-
-
 def decide(score: dict, min_reward_std: float, max_mean_iou: float) -> str:
     """``"kept"`` or why the query is dropped: ``"equal_rewards"``, ``"low_std"`` or ``"solved"``."""
+    from open_r1.signals import is_zero_std
+
     if is_zero_std(score["reward_std"]):
         return "equal_rewards"
     if score["reward_std"] < min_reward_std:
@@ -102,7 +99,7 @@ def query_score(row: dict, rewards: dict[str, list[float]], total: list[float], 
         "reward_mean": mean.item(),
         "reward_std": std.item(),
         "mean_iou": sum(iou) / len(iou) if iou else None,
-        "span_spread": span_spread([tuple(s) if s is not None else None for s in spans]),
+        "span_spread": span_spread(spans),
     }
 
 
@@ -123,6 +120,7 @@ def write_selection(rows: list[dict], scores: dict[str, dict], args: SelectionAr
     """Apply the thresholds to every row's score; write the filtered annotation file and the report; return the
     report."""
     from open_r1.evaluation.predictions import write_json_atomic
+    from open_r1.signals import is_zero_std
 
     missing = [row["query_id"] for row in rows if row["query_id"] not in scores]
     if missing:
@@ -163,10 +161,10 @@ def write_selection(rows: list[dict], scores: dict[str, dict], args: SelectionAr
     return report
 
 
-def check_config(output_dir: Path, config: dict, overwrite: bool, is_main: bool) -> None:
-    """Refuse to resume scores sampled another way; with ``overwrite``, start over."""
+def check_config(output_dir: Path, config: dict, overwrite: bool) -> None:
+    """Refuse to resume scores sampled another way; with ``overwrite``, start over (the main process only)."""
     path = output_dir / CONFIG_FILE
-    if overwrite and is_main:
+    if overwrite:
         for old in output_dir.glob("scores.rank*.jsonl"):
             old.unlink()
         path.unlink(missing_ok=True)
@@ -270,7 +268,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     )  # fmt: skip
     accelerator = trainer.accelerator
     if accelerator.is_main_process:
-        check_config(output_dir, config, selection_args.overwrite_scores, True)
+        check_config(output_dir, config, selection_args.overwrite_scores)
         (output_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     accelerator.wait_for_everyone()
     done = set(read_scores(output_dir))

@@ -23,10 +23,15 @@ import torch
 
 from open_r1.grounding import Span, temporal_iou
 
-__all__ = ["SIGNAL_KEYS", "group_reward_stats", "span_spread", "rollout_signals"]
+__all__ = ["SIGNAL_KEYS", "group_reward_stats", "is_zero_std", "span_spread", "rollout_signals"]
 
 # The names the trainer logs under (``signal/<name>``).
 SIGNAL_KEYS = ("zero_std_share", "group_reward_std", "span_spread", "span_parsed")
+
+
+def is_zero_std(std: torch.Tensor | float) -> torch.Tensor | bool:
+    """TRL's test for a group without signal, ``torch.isclose(std, 0)``: absolute tolerance 1e-8 (elementwise)."""
+    return abs(std) <= 1e-8
 
 
 def group_reward_stats(rewards: torch.Tensor, num_generations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +68,7 @@ def rollout_signals(rewards: torch.Tensor, spans: Sequence[Span | None], num_gen
     if len(spans) != rewards.numel():
         raise ValueError(f"{len(spans)} spans for {rewards.numel()} rewards")
     _, std = group_reward_stats(rewards, num_generations)
-    zero = torch.isclose(std, torch.zeros_like(std))
+    zero = is_zero_std(std)
     spreads = [span_spread(spans[i : i + num_generations]) for i in range(0, len(spans), num_generations)]
     spreads = [value for value in spreads if value is not None]
     return {
