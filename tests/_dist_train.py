@@ -11,6 +11,11 @@ The training itself is the entry point's ``cli``, unchanged. This driver only ad
   same rollouts before comparing their gradients;
 - (DeepSpeed on CPU processes needs a gloo process group; ``grpo_video.cli`` sets that up itself.)
 
+- ``--flash_attn_stand_in``: the CPU stand-in for flash-attn's kernels (tests/flash_attn_stand_in.py), so that a
+  ``flash_attention_2`` recipe runs transformers' real flash-attention code in every process;
+- a count of the language model's forward calls and of the groups packed into each call, to show that every rank
+  made the same number of calls (ZeRO-3 gathers the weights in each) whatever its groups.
+
 Each rank writes ``DIR/rank<r>.json``: the trainer's ``log_history`` and the completion ids per rollout.
 """
 
@@ -33,12 +38,38 @@ def low_token_reward(completion_ids, **kwargs) -> list[float]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--record", required=True, type=Path, help="folder for the per-rank JSON records")
+    parser.add_argument("--flash_attn_stand_in", action="store_true", help="install the flash-attn CPU stand-in")
     args, train_argv = parser.parse_known_args(argv)
 
+    kernel_calls = None
+    if args.flash_attn_stand_in:
+        import flash_attn_stand_in
+        import pytest
+
+        kernel_calls = flash_attn_stand_in.install(pytest.MonkeyPatch())
+
     from open_r1.grpo_video import cli
+    from open_r1.modeling import Qwen2_5_VLForConditionalGeneration
     from open_r1.rewards import REWARD_FUNCS
+    from open_r1.trainer import packing
 
     REWARD_FUNCS["low_token"] = low_token_reward
+
+    # Every language-model forward of the policy (rollout prefill, decode steps, log-prob passes) and the groups
+    # packed into each log-prob call.
+    lm_calls, groups_per_call = [0], []
+    real_forward, real_concat = Qwen2_5_VLForConditionalGeneration.forward, packing.concat_packed
+
+    def counted_forward(self, *a, **kw):
+        lm_calls[0] += 1
+        return real_forward(self, *a, **kw)
+
+    def counted_concat(pieces):
+        groups_per_call.append(len(pieces))
+        return real_concat(pieces)
+
+    Qwen2_5_VLForConditionalGeneration.forward = counted_forward
+    packing.concat_packed = counted_concat
 
     trainer = cli(train_argv)
 
@@ -49,6 +80,10 @@ def main(argv=None):
         "distributed_type": str(trainer.accelerator.distributed_type),
         "log_history": trainer.state.log_history,
         "rollouts": _rollouts,
+        "lm_calls": lm_calls[0],
+        "groups_per_call": groups_per_call,
+        "flash_kernel_calls": None if kernel_calls is None else dict(kernel_calls),
+        "attn_implementation": trainer.accelerator.unwrap_model(trainer.model).config._attn_implementation,
     }
     if trainer.is_deepspeed_enabled:
         engine = trainer.model_wrapped

@@ -29,3 +29,19 @@ def clips(tmp_path_factory):
         # decord 0.6 mis-sizes the rows of some narrow frames (48 or 72 pixels wide) and refuses to read them.
         "narrow": make_clip(root / "narrow.mp4", 20, size=(32, 48), fps=10),
     }
+
+
+@pytest.fixture
+def flash_attn(monkeypatch):
+    """The CPU stand-in for flash-attn 2's kernels (tests/flash_attn_stand_in.py); yields the kernel-call counter."""
+    import flash_attn_stand_in
+
+    return flash_attn_stand_in.install(monkeypatch)
+
+
+@pytest.fixture
+def flash_attn_fp32(monkeypatch):
+    """The same stand-in accepting fp32 inputs, for equality tests against fp32 paths."""
+    import flash_attn_stand_in
+
+    return flash_attn_stand_in.install(monkeypatch, fp32=True)

@@ -2,15 +2,19 @@
 tokens the eager path gives under the same seed; a compiler failure falls back to eager without losing the rollout."""
 
 import logging
+import unittest.mock
 
+import flash_attn_stand_in
 import pytest
 import torch
+import torch._dynamo
 from test_shared_work import perturbed_trainer, tiny_path  # noqa: F401  (the module fixture)
 from test_trainer import CLIPS, dataset
+from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from open_r1 import decoding
-from open_r1.trainer import video_grpo_trainer as trainer_module
+from open_r1.positions import inner_vlm
 
 
 def test_modes():
@@ -62,6 +66,16 @@ def rollout(trainer, rows):
     return trainer._generate_and_score_completions(rows)
 
 
+def graphs() -> int:
+    """Graphs dynamo compiled since the last :func:`fresh_compiler` (torch's own counter)."""
+    return counters["stats"]["unique_graphs"]
+
+
+def fresh_compiler():
+    torch._dynamo.reset()
+    counters.clear()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
 def test_static_compiled_rollouts_sample_what_eager_samples(tiny_path, tmp_path, backend, caplog):  # noqa: F811
@@ -73,21 +87,15 @@ def test_static_compiled_rollouts_sample_what_eager_samples(tiny_path, tmp_path,
     expected = rollout(eager, rows)
     trainer = with_decode(perturbed_trainer(tiny_path, tmp_path / backend, True, **overrides), "static")
     trainer.decode_compile_backend = backend
-    calls = []
-    model = trainer.model
-    original = model.get_compiled_call
-
-    def spy(config):
-        calls.append(config)
-        return original(config)
-
-    model.get_compiled_call = spy
+    fresh_compiler()
     with caplog.at_level(logging.WARNING):
         first = rollout(trainer, rows)
         second = rollout(trainer, rows)  # the same static cache, refilled
     assert "compiled decode failed" not in caplog.text
-    assert len(calls) == 2 and calls[0].fullgraph and calls[0].backend == backend
-    assert trainer._static_cache is not None and trainer.decode == "static"
+    static = trainer._static_decoder
+    assert static.compile_config.fullgraph and static.compile_config.backend == backend
+    # Two rollouts of 12 tokens each: one graph for the one (rows, cache bucket) shape.
+    assert static.shapes == [(8, 512)] and graphs() == 1 and static.cache is not None
     for out in (first, second):
         assert torch.equal(out["completion_ids"], expected["completion_ids"])
         mask = expected["completion_mask"].bool()
@@ -96,20 +104,95 @@ def test_static_compiled_rollouts_sample_what_eager_samples(tiny_path, tmp_path,
 
 
 @pytest.mark.slow
-def test_a_compiler_failure_falls_back_to_eager_with_the_same_rollout(tiny_path, tmp_path, monkeypatch, caplog):  # noqa: F811
+def test_flash_attention_static_decode_compiles_once_per_shape(tiny_path, tmp_path, flash_attn):  # noqa: F811
+    """The recipes' flash_attention_2 in bf16 (the stand-in refuses fp32, as flash-attn does): the prefill and the
+    tower run the flash kernels, the compiled step sdpa over a cache-long mask; rollouts of 6 and then 12 new tokens
+    (one cache bucket) compile one graph, where a flash-attention step would compile one per token."""
+    rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
+    trainer = with_decode(perturbed_trainer(tiny_path, tmp_path / "flash", True, bf16=True, top_k=50), "static")
+    assert inner_vlm(trainer.model).language_model.config._attn_implementation == "flash_attention_2"
+    trainer.decode_compile_backend = "eager"
+    fresh_compiler()
+    outs = []
+    for new_tokens in (6, 12):
+        trainer.generation_config.max_new_tokens = new_tokens
+        before = flash_attn_stand_in.kernel_calls(flash_attn)
+        outs.append(rollout(trainer, rows))
+        assert flash_attn_stand_in.kernel_calls(flash_attn) > before  # the flash kernels ran in this rollout
+    assert trainer._static_decoder.shapes == [(8, 512)] and graphs() == 1
+    assert trainer._static_decoder.compile  # no failure, no fallback
+    assert inner_vlm(trainer.model).language_model.config._attn_implementation == "flash_attention_2"  # restored
+    # The compiled step computes what the eager static step computes: the same tokens under the same seed.
+    eager = with_decode(perturbed_trainer(tiny_path, tmp_path / "eager", True, bf16=True, top_k=50), "static")
+    eager._static_decoder = decoding.StaticDecoder("cpu", max_shapes=0)
+    eager._static_decoder.compile = False
+    eager.generation_config.max_new_tokens = 12
+    assert torch.equal(rollout(eager, rows)["completion_ids"], outs[1]["completion_ids"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", ["ours", "dynamo's"])
+def test_more_prompt_lengths_than_the_recompile_limit_lose_no_rollout(
+    tiny_path,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    request,
+    budget,
+    caplog,
+):
+    """Each prompt length its own cache shape (bucket of 1 token) and dynamo's limit at 2 graphs: 3 shapes. Past the
+    decoder's budget (1 shape) they decode eagerly; with no budget of ours dynamo's 3rd compile raises
+    FailOnRecompileLimitHit (fullgraph), and the call is repeated eagerly. Either way the same tokens as eager."""
+    rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
+    rollouts = [rows[:4], rows[4:], rows]  # rows (4, 4, 8) and three prompt lengths
+    monkeypatch.setattr(decoding, "CACHE_LENGTH_BUCKET", 1)
+    limit = torch._dynamo.config.patch(recompile_limit=2)
+    limit.__enter__()
+    request.addfinalizer(lambda: limit.__exit__(None, None, None))
+    if budget == "dynamo's":
+        monkeypatch.setattr(decoding, "MAX_COMPILED_SHAPES", 100)
+    eager = with_decode(perturbed_trainer(tiny_path, tmp_path / "eager", True, top_k=50), "eager")
+    expected = [rollout(eager, batch)["completion_ids"] for batch in rollouts]
+    trainer = with_decode(perturbed_trainer(tiny_path, tmp_path / "static", True, top_k=50), "static")
+    trainer.decode_compile_backend = "eager"
+    fresh_compiler()
+    with caplog.at_level(logging.WARNING):
+        outs = [rollout(trainer, batch)["completion_ids"] for batch in rollouts]
+    assert all(torch.equal(out, want) for out, want in zip(outs, expected, strict=True))
+    if budget == "ours":
+        assert len(trainer._static_decoder.shapes) == 1 and graphs() == 1
+        assert "further shapes decode eagerly" in caplog.text and "failed" not in caplog.text
+    else:
+        assert graphs() == 2 and "compiled decode failed (FailOnRecompileLimitHit" in caplog.text
+        assert not trainer._static_decoder.compile
+
+
+def failing_backend(graph_module, example_inputs):
+    raise RuntimeError("no such compiler backend")
+
+
+@pytest.mark.slow
+def test_a_compiler_failure_after_sampling_started_repeats_the_rollout_eagerly(tiny_path, tmp_path, caplog):  # noqa: F811
+    # The backend fails at the first compiled step, after the last prompt token's step has drawn a token.
     rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
     expected = rollout(with_decode(perturbed_trainer(tiny_path, tmp_path / "eager", True), "eager"), rows)
     trainer = with_decode(perturbed_trainer(tiny_path, tmp_path / "broken", True), "static")
+    trainer.decode_compile_backend = failing_backend
+    draws = []
+    real_multinomial = torch.multinomial
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("no such compiler backend")
+    def counting(*args, **kwargs):
+        draws.append(1)
+        return real_multinomial(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "static_cache_from", broken)
-    with caplog.at_level(logging.WARNING):
+    fresh_compiler()
+    with caplog.at_level(logging.WARNING), unittest.mock.patch.object(torch, "multinomial", counting):
         out = rollout(trainer, rows)
-    assert "compiled decode failed (RuntimeError: no such compiler backend); decoding eagerly" in caplog.text
-    assert trainer.decode == "eager"
-    assert torch.equal(out["completion_ids"], expected["completion_ids"])  # the random state was restored
+    assert "compiled decode failed (BackendCompilerFailed" in caplog.text and "no such compiler backend" in caplog.text
+    assert not trainer._static_decoder.compile
+    # Tokens were drawn before the failure (the first step's), and the repeat drew them again from the same state.
+    assert len(draws) > out["completion_ids"].shape[1]
+    assert torch.equal(out["completion_ids"], expected["completion_ids"])
 
 
 class CastCounter(TorchDispatchMode):
@@ -191,3 +274,42 @@ def test_a_tied_embedding_is_not_copied():
     with decoding.RolloutWeights(model):
         assert model[0].weight.dtype == torch.float32 and model[2].weight.dtype == torch.bfloat16
     assert model[2].weight.dtype == torch.float32
+
+
+class FailingCopy:
+    """A rollout copy whose refresh runs out of memory (shape and device match, so it is used, not reallocated)."""
+
+    def __init__(self, like):
+        self.shape, self.device = like.shape, like.device
+
+    def copy_(self, source):
+        raise torch.OutOfMemoryError("out of memory while copying")
+
+
+def test_a_rollout_copy_failing_half_way_puts_every_master_back():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    weights = decoding.RolloutWeights(model)
+    masters = decoding.half_linear_weights(model)
+    with weights:  # allocates the copies
+        pass
+    before = [(p.data_ptr(), p.dtype) for p in masters]
+    real = weights._copies[id(masters[2])]
+    weights._copies[id(masters[2])] = FailingCopy(masters[2])  # the second layer's weight: two already swapped
+    with pytest.raises(torch.OutOfMemoryError):
+        weights.__enter__()
+    assert [(p.data_ptr(), p.dtype) for p in masters] == before  # every master back in place
+    weights._copies[id(masters[2])] = real
+    with weights:  # the next rollout may enter again ("already in use" before)
+        assert all(p.dtype == torch.bfloat16 for p in masters)
+    assert [(p.data_ptr(), p.dtype) for p in masters] == before
+
+
+def test_a_rollout_copy_keeps_a_pending_gradient_with_its_master():
+    model = torch.nn.Linear(4, 4)
+    grads = [torch.ones_like(p) for p in model.parameters()]
+    for param, grad in zip(model.parameters(), grads, strict=True):
+        param.grad = grad
+    with decoding.RolloutWeights(model):
+        # torch.compile refuses a bf16 parameter holding an fp32 gradient (seen in a compiled decode after backward)
+        assert all(p.dtype == torch.bfloat16 and p.grad is None for p in model.parameters())
+    assert all(p.grad is g and p.dtype == torch.float32 for p, g in zip(model.parameters(), grads, strict=True))

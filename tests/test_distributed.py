@@ -256,6 +256,54 @@ def test_zero3_shared_work_equals_the_per_row_path(runs):
     assert size > 0 and diff / size < UPDATE_RTOL, (diff, size)
 
 
+# The shipped recipes' kernel and precision through transformers' flash-attention code on the flash-attn stand-in.
+FLASH_FLAGS = ["--flash_attn_stand_in", "--attn_implementation", "flash_attention_2", "--bf16", "true"]
+
+
+@pytest.fixture(scope="module")
+def flash_zero3(tmp_path_factory):
+    """ZeRO-3 on 2 CPU processes with flash_attention_2 and bf16: the recipe's layout (whole groups, accumulation 2)
+    and TRL's row shuffle with groups of 2, whose micro-batches hold different numbers of groups on the two ranks."""
+    root = tmp_path_factory.mktemp("flash_zero3")
+    annotations, video_dir = make_grounding_dataset(root / "data", num_videos=4, duration=4.0, fps=4.0)
+    model = build_tiny_model(root / "tiny")
+    common = ["--model_name_or_path", str(model), "--annotation_file", str(annotations), "--video_dir", str(video_dir)]
+    build_deepspeed_cpu_ops()
+    ds_config = zero3_cpu_config(root / "zero3_offload_cpu.json")
+    zero3 = ["--deepspeed", str(ds_config), *FLASH_FLAGS, "--gradient_accumulation_steps", "2"]
+    recipe = torchrun(root / "recipe", root / "out_recipe", common, *zero3)
+    mixed = torchrun(
+        root / "mixed", root / "out_mixed", common, *zero3, "--whole_groups", "false", "--num_generations", "2"
+    )
+    return {"recipe": recipe, "mixed": mixed}
+
+
+@pytest.mark.slow
+def test_zero3_trains_the_flash_attention_recipe(flash_zero3):
+    """Both ranks ran the flash kernels (tower windows, the shared prefill, decode steps), packed each whole group
+    into the log-prob passes, and took finite steps."""
+    for record in flash_zero3["recipe"]:
+        assert record["zero_stage"] == 3 and record["attn_implementation"] == "flash_attention_2"
+        calls = record["flash_kernel_calls"]
+        assert calls["flash_attn_varlen_func"] + calls["flash_attn_func"] > 0, calls
+        assert set(record["groups_per_call"]) == {1}  # whole groups: one group per micro-batch
+        logs = step_logs(record)
+        assert len(logs) == NUM_STEPS and all(math.isfinite(log["loss"]) and log["grad_norm"] > 0 for log in logs)
+    assert flash_zero3["recipe"][0]["lm_calls"] == flash_zero3["recipe"][1]["lm_calls"]
+
+
+@pytest.mark.slow
+def test_zero3_ranks_with_different_groups_make_the_same_calls(flash_zero3):
+    """TRL's row shuffle leaves the two ranks' micro-batches with different numbers of groups; each log-prob pass is
+    still one model call per micro-batch on every rank, so ZeRO-3's gathers pair up and the run ends (it hung when
+    each group was a call of its own; torchrun's time-out would fail the test)."""
+    first, second = flash_zero3["mixed"]
+    assert first["groups_per_call"] != second["groups_per_call"]  # the layout that used to hang
+    assert len(first["groups_per_call"]) == len(second["groups_per_call"])
+    assert first["lm_calls"] == second["lm_calls"]
+    assert len(step_logs(first)) == NUM_STEPS
+
+
 def test_a_timed_out_run_leaves_no_process_behind():
     """The time-out kills the whole process group: a child that would sleep on (a torchrun worker, a compiler) goes
     too (subprocess.run's time-out killed only the direct child and left torchrun's workers running)."""

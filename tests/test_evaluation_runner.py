@@ -332,34 +332,89 @@ def test_each_video_is_decoded_and_encoded_once_per_run(setup, full_run, monkeyp
     assert outputs == {r["query_id"]: r["output"] for r in lines(out / "predictions.jsonl")}
 
 
-def test_static_compiled_decode_gives_the_eager_predictions(setup, full_run, monkeypatch):
-    """--decode static: a static KV cache and a compiled decode step (whole-graph capture, CPU) answer every query
-    with the eager run's text."""
+def static_run(setup, name, monkeypatch, **overrides):
+    """An evaluation with --decode static (the compiled step captured by dynamo with its "eager" backend): its
+    outputs by query, the (rows, cache) shape of every static decode, and the graphs dynamo compiled (its counter)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
     from open_r1 import decoding
 
-    configs = []
+    monkeypatch.setattr(decoding, "COMPILE_BACKEND", "eager")
+    shapes = []
+    real_call = decoding.StaticDecoder.__call__
 
-    def capture_only(device, backend=None):
-        configs.append(decoding.decode_compile_config(device, backend="eager"))
-        return configs[-1]
+    def recording(self, model, rows, cache_length, decode):
+        shapes.append((rows, decoding.bucketed_length(cache_length)))
+        return real_call(self, model, rows, cache_length, decode)
 
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    compiled = []
-    real_compiled_call = Qwen2_5_VLForConditionalGeneration.get_compiled_call
-
-    def counting(self, config):
-        compiled.append(config)
-        return real_compiled_call(self, config)
-
-    monkeypatch.setattr(ev, "decode_compile_config", capture_only)
-    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "get_compiled_call", counting)
-    metrics = ev.run_evaluation(make_args(setup, "static_decode", decode="static"))
-    assert configs and all(config.fullgraph for config in configs)
-    assert len(compiled) == len(configs)  # every batch decoded with the compiled step
-    _, out = full_run
+    monkeypatch.setattr(decoding.StaticDecoder, "__call__", recording)
+    torch._dynamo.reset()
+    counters.clear()
+    metrics = ev.run_evaluation(make_args(setup, name, decode="static", **overrides))
     outputs = {r["query_id"]: r["output"] for r in lines(Path(metrics["output_dir"]) / "predictions.jsonl")}
-    assert outputs == {r["query_id"]: r["output"] for r in lines(out / "predictions.jsonl")}
+    return metrics, outputs, shapes, counters["stats"]["unique_graphs"]
+
+
+def eager_outputs(full_run):
+    _, out = full_run
+    return {r["query_id"]: r["output"] for r in lines(out / "predictions.jsonl")}
+
+
+def test_static_compiled_decode_gives_the_eager_predictions(setup, full_run, monkeypatch):
+    """--decode static: a static KV cache and a compiled decode step (whole-graph capture, CPU) answer every query
+    with the eager run's text, compiling one graph per (rows, cache bucket) shape for the whole run."""
+    metrics, outputs, shapes, graphs = static_run(setup, "static_decode", monkeypatch)
+    assert outputs == eager_outputs(full_run) and metrics["failures"].get("generation_error", 0) == 0
+    assert len(shapes) >= 2 and graphs == len(set(shapes))
+
+
+@pytest.mark.parametrize("budget", ["ours", "dynamo's"])
+def test_static_decode_past_the_recompile_limit_loses_no_query(setup, full_run, monkeypatch, request, budget, caplog):
+    """One query per batch and a 1-token cache bucket: every distinct prompt length is a shape, more of them than
+    dynamo's limit (set to 1). Past the decoder's budget the batches decode eagerly; with no budget of ours, dynamo's
+    2nd compile fails (FailOnRecompileLimitHit) and the batch is repeated eagerly. No query is lost either way."""
+    import logging
+
+    import torch._dynamo
+
+    from open_r1 import decoding
+
+    monkeypatch.setattr(decoding, "CACHE_LENGTH_BUCKET", 1)
+    if budget == "dynamo's":
+        monkeypatch.setattr(decoding, "MAX_COMPILED_SHAPES", 100)
+    limit = torch._dynamo.config.patch(recompile_limit=1)
+    limit.__enter__()
+    request.addfinalizer(lambda: limit.__exit__(None, None, None))
+    with caplog.at_level(logging.WARNING):
+        metrics, outputs, shapes, graphs = static_run(setup, f"limit_{budget[0]}", monkeypatch, batch_size=1)
+    assert len(set(shapes)) > 1  # more shapes than the limit
+    assert metrics["failures"].get("generation_error", 0) == 0 and outputs == eager_outputs(full_run)
+    assert graphs == 1
+    if budget == "ours":
+        assert "further shapes decode eagerly" in caplog.text and "failed" not in caplog.text
+    else:
+        assert "compiled decode failed (FailOnRecompileLimitHit" in caplog.text
+
+
+def test_flash_attention_evaluation_runs_the_flash_kernels(setup, monkeypatch, flash_attn):
+    """The GPU default (flash_attention_2, bf16) through transformers' flash-attention code on the flash-attn stand-in:
+    eager decoding runs the kernels in every step; a static decode runs them in the tower and decodes under sdpa,
+    one graph per shape. Both answer every decodable query."""
+    import flash_attn_stand_in
+
+    from open_r1.modeling import default_attn_implementation
+
+    assert (
+        default_attn_implementation() == "flash_attention_2"
+    )  # the project's own choice, as on a GPU with flash-attn
+    eager = ev.run_evaluation(make_args(setup, "flash_eager", dtype="bfloat16"))
+    eager_kernels = flash_attn_stand_in.kernel_calls(flash_attn)
+    # The tower's windows and the language model's prefill and decode steps, 16 new tokens, 2 layers.
+    assert eager_kernels > 16 * 2 and eager["failures"].get("generation_error", 0) == 0
+    metrics, _, shapes, graphs = static_run(setup, "flash_static", monkeypatch, dtype="bfloat16")
+    assert flash_attn_stand_in.kernel_calls(flash_attn) > eager_kernels  # the tower, on flash
+    assert metrics["failures"].get("generation_error", 0) == 0 and graphs == len(set(shapes))
 
 
 def test_missing_videos_stop_the_run_before_the_model_loads(setup, monkeypatch, tmp_path):

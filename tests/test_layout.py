@@ -101,3 +101,17 @@ def test_each_package_names_what_it_offers(package):
     missing = [name for name in module.__all__ if not hasattr(module, name)]
     assert missing == []
     assert sorted(module.__all__) == sorted(set(module.__all__))
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_over_600_lines():
+    """A module a researcher reads top to bottom: past 600 lines a file holds more than one idea (the trainer held
+    its decoding helpers at 745 lines, preprocessing its worker pool at 731)."""
+    long = {
+        name: n
+        for name, path in MODULES.items()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}

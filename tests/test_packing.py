@@ -2,16 +2,15 @@
 and gradient-accumulation micro-batches hold whole groups, each with the same loss and gradients as the path it
 replaces."""
 
+import flash_attn_stand_in
 import pytest
 import torch
-import trl.trainer.grpo_trainer as trl_grpo
 from test_shared_work import perturbed_trainer, tiny_path  # noqa: F401  (the module fixture)
 from test_trainer import dataset
 from transformers.integrations import flash_attention, sdpa_attention
 
 from open_r1.positions import inner_vlm
 from open_r1.trainer import packing
-from open_r1.trainer import video_grpo_trainer as trainer_module
 
 # --------------------------------------------------------------------------------------------------------------------
 # Whole-group order (no model)
@@ -67,70 +66,73 @@ class FakeModule(torch.nn.Module):
     num_key_value_groups = 1
 
 
-def test_packable_attention_sends_packed_calls_to_sdpa_and_the_rest_to_flash(monkeypatch):
+def test_packable_attention_sends_packed_calls_to_sdpa_and_the_rest_to_flash():
     calls = []
 
-    def fake_flash(module, query, key, value, attention_mask, **kwargs):
+    def flash(module, query, key, value, attention_mask, **kwargs):  # what was registered under the name before
         calls.append(attention_mask)
         return "flash", None
 
-    monkeypatch.setattr(flash_attention, "flash_attention_forward", fake_flash)
+    attention = packing.packable_flash_attention(flash)
     gen = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(1, 2, 5, 4, generator=gen) for _ in range(3))
     mask = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
     mask[..., 3, 1] = False  # not causal-only: a shared-prefix mask
-    out, _ = packing.packable_flash_attention(FakeModule(), query, key, value, mask, scaling=0.5)
+    out, _ = attention(FakeModule(), query, key, value, mask, scaling=0.5)
     expected, _ = sdpa_attention.sdpa_attention_forward(FakeModule(), query, key, value, mask, scaling=0.5)
     assert torch.equal(out, expected) and calls == []
     padding = torch.ones(1, 5, dtype=torch.long)
-    assert packing.packable_flash_attention(FakeModule(), query, key, value, padding)[0] == "flash"
-    assert packing.packable_flash_attention(FakeModule(), query, key, value, None)[0] == "flash"
+    assert attention(FakeModule(), query, key, value, padding)[0] == "flash"
+    assert attention(FakeModule(), query, key, value, None)[0] == "flash"
     assert len(calls) == 2
 
 
-def test_make_packable_switches_only_flash_attention_2():
-    from transformers import Qwen2_5_VLConfig
+def test_make_packable_keeps_the_flash_attention_2_name(monkeypatch):
+    from transformers import AttentionInterface, Qwen2_5_VLConfig
 
+    monkeypatch.setitem(
+        AttentionInterface._global_mapping, "flash_attention_2", flash_attention.flash_attention_forward
+    )
     config = Qwen2_5_VLConfig().text_config
     config._attn_implementation = "flash_attention_2"
-    assert packing.make_packable(config) and config._attn_implementation == packing.PACKABLE_FLASH_ATTENTION
+    assert not packing.packs_4d_masks("flash_attention_2")  # transformers' own function takes no 4-D mask
+    # transformers loads flash-attn only for this exact name: the model keeps it, its attention function is wrapped.
+    assert packing.make_packable(config) and config._attn_implementation == "flash_attention_2"
+    wrapped = AttentionInterface._global_mapping["flash_attention_2"]
+    assert wrapped.flash_attention is flash_attention.flash_attention_forward
+    assert packing.make_packable(config) and AttentionInterface._global_mapping["flash_attention_2"] is wrapped
     config._attn_implementation = "sdpa"
     assert packing.make_packable(config) and config._attn_implementation == "sdpa"
     config._attn_implementation = "flex_attention"
     assert not packing.make_packable(config)
 
 
+def test_concatenated_groups_see_only_themselves():
+    one = packing.packed_group(torch.arange(3), torch.tensor([[7, 8]]), torch.ones(1, 2), torch.zeros(3, 3).long())
+    two = packing.packed_group(torch.arange(4), torch.tensor([[5], [6]]), torch.ones(2, 1), torch.ones(3, 4).long())
+    packed, starts = packing.concat_packed([one, two])
+    assert starts == [0, 4] and packed["input_ids"].shape == (1, 4 + 5)
+    mask = packed["attention_mask"][0, 0]
+    assert torch.equal(mask[:4, :4], one["attention_mask"][0, 0]) and torch.equal(
+        mask[4:, 4:], two["attention_mask"][0, 0]
+    )
+    assert not mask[:4, 4:].any() and not mask[4:, :4].any()
+    assert packed["position_ids"].shape == (3, 1, 9) and packed["shift_labels"][0, 2:4].tolist() == [7, 8]
+
+
 # --------------------------------------------------------------------------------------------------------------------
-# In the trainer (tiny model, CPU)
-
-
-def emulated_flash_attention(calls):
-    """flash-attention 2's contract on CPU: mask None (causal) or 2-D padding; computed with sdpa and a 4-D mask."""
-
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        calls.append(None if attention_mask is None else tuple(attention_mask.shape))
-        q_len, kv_len = query.shape[2], key.shape[2]
-        mask = torch.ones(q_len, kv_len, dtype=torch.bool).tril(kv_len - q_len)[None, None]
-        mask = mask.expand(query.shape[0], 1, q_len, kv_len)
-        if attention_mask is not None:
-            mask = mask & attention_mask[:, None, None, -kv_len:].bool()
-        # A left-padding query sees nothing; let it see itself so that its (unused) output stays finite.
-        mask = mask | torch.eye(q_len, kv_len, dtype=torch.bool).roll(kv_len - q_len, dims=1)
-        kept = {k: kwargs[k] for k in ("dropout", "scaling") if k in kwargs}
-        return sdpa_attention.sdpa_attention_forward(module, query, key, value, mask, **kept)
-
-    return attention
+# In the trainer (tiny model, CPU), with transformers' flash-attention integration running on the flash-attn stand-in
 
 
 def count_packed_sequences(monkeypatch):
     counts = []
-    real = trainer_module.packed_group
+    real = packing.packed_group
 
     def counting(*args, **kwargs):
         counts.append(args[1].shape[0])  # completions in the packed sequence
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "packed_group", counting)
+    monkeypatch.setattr(packing, "packed_group", counting)
     return counts
 
 
@@ -147,37 +149,22 @@ def rollout_loss_and_grads(trainer, rows):
 
 @pytest.mark.slow
 def test_flash_attention_2_recipe_packs_with_the_same_loss_and_gradients(tiny_path, tmp_path, monkeypatch):  # noqa: F811
-    # Two prompts with different videos, 4 completions each.
+    # Two prompts with different videos, 4 completions each; the sdpa runs first, before flash-attn is "installed".
     rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
     reference = rollout_loss_and_grads(perturbed_trainer(tiny_path, tmp_path / "sdpa", True), rows)
     per_row = rollout_loss_and_grads(perturbed_trainer(tiny_path, tmp_path / "rows", False), rows)
 
-    flash_calls = []
-    monkeypatch.setattr(flash_attention, "flash_attention_forward", emulated_flash_attention(flash_calls))
-    # The recipe's `attn_implementation: flash_attention_2`, for the policy and for the reference model TRL loads.
-    original_init = trainer_module.VideoGRPOTrainer.__init__
-    load_reference = trl_grpo.create_model_from_path
-
-    def as_flash_attention_recipe(self, model, *args, **kwargs):
-        inner_vlm(model).language_model.config._attn_implementation = "flash_attention_2"
-        original_init(self, model, *args, **kwargs)
-
-    def reference_with_flash_attention(*args, **kwargs):
-        model = load_reference(*args, **kwargs)
-        inner_vlm(model).language_model.config._attn_implementation = "flash_attention_2"
-        return model
-
-    monkeypatch.setattr(trainer_module.VideoGRPOTrainer, "__init__", as_flash_attention_recipe)
-    monkeypatch.setattr(trl_grpo, "create_model_from_path", reference_with_flash_attention)
+    calls = flash_attn_stand_in.install(monkeypatch, fp32=True)
     packed_counts = count_packed_sequences(monkeypatch)
+    # The project's own kernel choice (modeling.load_model, no attn_implementation given) picks flash-attention.
     trainer = perturbed_trainer(tiny_path, tmp_path / "flash", True)
-    for model in (trainer.model, trainer.ref_model):
-        assert inner_vlm(model).language_model.config._attn_implementation == packing.PACKABLE_FLASH_ATTENTION
+    for config in (trainer.model.config, inner_vlm(trainer.model).language_model.config):
+        assert config._attn_implementation == "flash_attention_2"
     flash = rollout_loss_and_grads(trainer, rows)
 
-    # Generation ran through flash-attention (2-D or no mask); every log-prob pass packed each group: the reference
-    # pass and the policy pass, one sequence of 4 completions per prompt.
-    assert flash_calls and all(shape is None or len(shape) == 2 for shape in flash_calls)
+    # The flash kernels ran (the vision tower's windows, the shared prefill over left-padded prompts, every decode
+    # step); every log-prob pass packed each group (the reference pass and the policy pass: 4 completions per prompt).
+    assert calls["flash_attn_varlen_func"] > 2 * inner_vlm(trainer.model).language_model.config.num_hidden_layers
     assert packed_counts == [4, 4, 4, 4]
     for name, (out, loss, grads) in {"sdpa packed": reference, "per-row": per_row}.items():
         assert torch.equal(flash[0]["completion_ids"], out["completion_ids"]), name
@@ -240,3 +227,28 @@ def test_whole_group_micro_batches_give_the_same_loss_and_gradients(tiny_path, t
     assert grads.keys() == row_grads.keys()
     for key, grad in row_grads.items():
         torch.testing.assert_close(grads[key], grad, atol=1e-6, rtol=1e-4, msg=key)
+
+
+@pytest.mark.slow
+def test_bnpo_keeps_trl_row_shuffle(tiny_path, tmp_path):  # noqa: F811
+    """bnpo divides by the micro-batch's token count, so moving rows between micro-batches changes its loss: with
+    whole_groups on it must cut the micro-batches exactly as TRL does (the same rows, the same loss)."""
+    rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
+    results = {}
+    for whole in (False, True):
+        trainer = perturbed_trainer(
+            tiny_path,
+            tmp_path / f"bnpo_{whole}",
+            True,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            loss_type="bnpo",
+        )
+        trainer.whole_groups = whole
+        trainer._buffered_inputs = None
+        results[whole] = accumulated_step(trainer, rows)
+    (row_loss, row_grads, row_completions), (loss, grads, completions) = results[False], results[True]
+    assert all(torch.equal(a, b) for a, b in zip(completions, row_completions, strict=True))
+    assert loss == row_loss
+    for key, grad in row_grads.items():
+        assert torch.equal(grads[key], grad), key

@@ -115,3 +115,16 @@ def test_unscored_queries_stop_the_filter(tmp_path):
     rows = [{"query_id": "a#0", "video_id": "a", "duration": 5.0, "windows": [[1.0, 2.0]], "raw_query": "x"}]
     with pytest.raises(RuntimeError, match="1 queries have no score"):
         write_selection(rows, {}, SelectionArguments(), tmp_path, {})
+
+
+@pytest.mark.slow
+def test_a_process_holding_part_of_a_group_scores_one_query_per_rollout(setup, by_query, tmp_path):
+    """per_device_train_batch_size 4 < num_generations 8 (TRL accepts it with 2 accumulation steps): each rollout
+    samples one query's 8 completions; every query is scored (it divided by zero before)."""
+    _, calls = by_query
+    rows = load_annotations(setup[1])
+    out = tmp_path / "part_of_a_group"
+    args = ["--num_generations", "8", "--max_completion_length", "6", "--reward_funcs", "by_query", "format"]
+    cli(common_args(setup, out, *args, "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"))
+    assert calls == [8] * len(rows)
+    assert {s["query_id"] for s in score_lines(out)} == {row["query_id"] for row in rows}

@@ -136,17 +136,20 @@ class TokenCounter:
     """Counts the tokens the language model processes (all forward calls)."""
 
     def __init__(self, model):
-        self.tokens = 0
+        self.tokens = self.calls = 0
         self.handle = model.model.language_model.register_forward_pre_hook(self.hook, with_kwargs=True)
 
     def hook(self, module, args, kwargs):
         embeds = kwargs.get("inputs_embeds")
         self.tokens += embeds.shape[0] * embeds.shape[1]
+        self.calls += 1
 
 
-def test_packed_passes_on_shuffled_rows(tiny_path, tmp_path):
+@pytest.mark.parametrize("batch_size", [8, 3])
+def test_packed_passes_on_shuffled_rows(tiny_path, tmp_path, batch_size):
     """Rows in any order (TRL shuffles them), groups split or mixed: log-probs and entropies equal the per-row
-    path's, and the language model reads each prompt once per group."""
+    path's; the language model is called once per ``batch_size`` rows (the same count on every rank, as ZeRO-3
+    needs), and within a call reads each group's prompt once."""
     rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
     order = torch.tensor([5, 0, 3, 6, 1, 7, 2, 4])
     results = {}
@@ -178,20 +181,24 @@ def test_packed_passes_on_shuffled_rows(tiny_path, tmp_path):
                 input_ids,
                 attention_mask,
                 out["completion_ids"].size(1),
-                batch_size=3,
+                batch_size=batch_size,
                 compute_entropy=True,
                 mm_token_type_ids=out["mm_token_type_ids"][order],
             )
         counter.handle.remove()
-        results[shared] = (logps, entropies, out["completion_mask"][order].bool(), counter.tokens, out)
-    (old_logps, old_entropy, mask, old_tokens, old_out), (new_logps, new_entropy, _, new_tokens, _) = (
+        results[shared] = (logps, entropies, out["completion_mask"][order].bool(), counter, out)
+    (old_logps, old_entropy, mask, old_counter, old_out), (new_logps, new_entropy, _, new_counter, _) = (
         results[False],
         results[True],
     )
     torch.testing.assert_close(new_logps[mask], old_logps[mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(new_entropy[mask], old_entropy[mask], atol=1e-5, rtol=0)
-    # Per-row: 8 rows x (padded prompt + completion). Packed: per group, the prompt once + 4 blocks of C tokens.
+    assert new_counter.calls == old_counter.calls == -(-8 // batch_size)
+    # Per-row: 8 rows x (padded prompt + completion). Packed: per group and call, the prompt once + a block of C
+    # tokens per completion. Rows 5, 0, 3, 6, ...: the second group (rows 4-7) comes first; taken group by group,
+    # calls of 3 rows cut the groups 3 | 1 + 2 | 2.
     width = old_out["completion_ids"].size(1)
-    prompts = old_out["prompt_mask"].sum(1)
-    assert old_tokens == 8 * (old_out["prompt_ids"].size(1) + width)
-    assert new_tokens == sum(prompts[i].item() - 1 + 4 * width for i in (0, 4))
+    prompt = {group: old_out["prompt_mask"][4 * group].sum().item() - 1 for group in (0, 1)}
+    assert old_counter.tokens == 8 * (old_out["prompt_ids"].size(1) + width)
+    pieces = {8: [(1, 4), (0, 4)], 3: [(1, 3), (1, 1), (0, 2), (0, 2)]}[batch_size]
+    assert new_counter.tokens == sum(prompt[group] + size * width for group, size in pieces)

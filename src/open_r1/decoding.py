@@ -1,14 +1,22 @@
-"""Compiled decoding: a static KV cache filled from the project's own prefill, and a compiled decode step.
+"""How rollouts and answers are decoded: one prefill per prompt, a static KV cache and a compiled decode step.
 
 HF's eager sampling loop runs ~2,600 aten ops per decode step at 7B (about 29 ms on an H200 against a 3.3 ms
 memory bound): decoding is host-bound. With a :class:`transformers.StaticCache` the decode step has fixed shapes, so
-``generate`` compiles the model's forward once (``torch.compile(fullgraph=True)``; on CUDA with CUDA graphs, mode
-``reduce-overhead``) and replays it every token. The sampling loop itself stays transformers' (the same logits
-processors, ``torch.multinomial`` draws, EOS handling and length limit), so a seed gives the same completions.
+``generate`` compiles the model's forward once per (rows, cache length) and replays it every token
+(``torch.compile(fullgraph=True)``; on CUDA with CUDA graphs, mode ``reduce-overhead``). The sampling loop itself
+stays transformers' (the same logits processors, ``torch.multinomial`` draws, EOS handling and length limit), so a
+seed gives the same completions.
+
+The language model attends with sdpa inside a static decode (:func:`sdpa_for_static_decode`), whatever kernel it was
+loaded with: under flash-attention 2 transformers passes the step a 2-D padding mask one token longer every step and
+turns ``fullgraph`` off, so each token would be a new graph; under sdpa it builds a 4-D mask as long as the cache, one
+shape for the whole generation. :class:`StaticDecoder` keeps the shapes it has compiled below dynamo's recompile limit
+(a shape past its budget decodes eagerly from the same static cache) and repeats a call eagerly, with the random
+state it started from, when the compiler fails: no query or rollout is lost to the compiler.
 
 TRL's ``cache_implementation: static`` cannot be used: the trainer prefills each distinct prompt once itself and
 hands ``generate`` a filled cache. :func:`static_cache_from` copies that prefill into a static cache, each prompt's
-rows repeated for its completions.
+rows repeated for its completions; :func:`sample_from_one_prefill` is that rollout.
 
 ``mode``: ``"auto"`` (static and compiled on CUDA, eager elsewhere), ``"static"`` (everywhere; on CPU too, for the
 equality tests) or ``"eager"`` (the dynamic cache and eager forward, as before).
@@ -16,7 +24,13 @@ equality tests) or ``"eager"`` (the dynamic cache and eager forward, as before).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Callable
+
 import torch
+
+logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("auto", "static", "eager")
 
@@ -59,7 +73,8 @@ def compiling(generation_config, compile_config):
 CACHE_LENGTH_BUCKET = 512
 
 
-def bucketed_length(length: int, bucket: int = CACHE_LENGTH_BUCKET) -> int:
+def bucketed_length(length: int, bucket: int | None = None) -> int:
+    bucket = bucket or CACHE_LENGTH_BUCKET
     return -(-int(length) // bucket) * bucket
 
 
@@ -145,7 +160,7 @@ class RolloutWeights:
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16):
         self.model, self.dtype = model, dtype
-        self._masters: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self._masters: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor | None]] = []
         # Kept between rollouts and refreshed in place: the same addresses every time (a CUDA-graph decode step
         # records the weights' addresses).
         self._copies: dict[int, torch.Tensor] = {}
@@ -153,18 +168,238 @@ class RolloutWeights:
     def __enter__(self):
         if self._masters:
             raise RuntimeError("RolloutWeights is already in use")
-        with torch.no_grad():
-            for param in half_linear_weights(self.model, self.dtype):
-                copy = self._copies.get(id(param))
-                if copy is None or copy.shape != param.shape or copy.device != param.device:
-                    copy = self._copies[id(param)] = torch.empty_like(param.data, dtype=self.dtype)
-                copy.copy_(param.data)  # the cast autocast would make, once
-                self._masters.append((param, param.data))
-                param.data = copy
+        try:
+            with torch.no_grad():
+                for param in half_linear_weights(self.model, self.dtype):
+                    copy = self._copies.get(id(param))
+                    if copy is None or copy.shape != param.shape or copy.device != param.device:
+                        copy = self._copies[id(param)] = torch.empty_like(param.data, dtype=self.dtype)
+                    copy.copy_(param.data)  # the cast autocast would make, once
+                    # A gradient waiting to be accumulated stays with its fp32 master (a bf16 tensor holding an fp32
+                    # grad is refused by torch.compile).
+                    self._masters.append((param, param.data, param.grad))
+                    param.grad = None
+                    param.data = copy
+        except BaseException:
+            # Failing half-way (out of memory while copying): the weights swapped so far go back, and the next rollout
+            # may enter again.
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
-        for param, master in self._masters:
+        for param, master, grad in self._masters:
             param.data = master
+            param.grad = grad
         self._masters = []
         return False
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The static decode: sdpa, one compilation per shape, eager past the budget or after a compiler failure
+
+
+@contextlib.contextmanager
+def sdpa_for_static_decode(model):
+    """Inside the block the language model attends with sdpa when it was loaded with a flash-attention kernel (the
+    vision tower keeps its own). A static decode then gets transformers' fixed-length 4-D mask and ``fullgraph``: one
+    graph per (rows, cache length). The prefill's keys and values are the same tensors whichever kernel reads them."""
+    from transformers.utils.generic import is_flash_attention_requested
+
+    from open_r1.positions import inner_vlm
+
+    language = inner_vlm(model).language_model.config
+    if not is_flash_attention_requested(language):
+        yield
+        return
+    top = model.config
+    previous = top._attn_implementation_internal, language._attn_implementation
+    # The top-level config decides generate()'s branches; the language model's config its attention and masks.
+    top._attn_implementation_internal, language._attn_implementation = "sdpa", "sdpa"
+    try:
+        yield
+    finally:
+        top._attn_implementation_internal, language._attn_implementation = previous
+
+
+# torch.compile backend of every static decode step when none is named (None: inductor). The CPU tests set "eager":
+# dynamo still traces, guards and counts each graph, without inductor's C++ build.
+COMPILE_BACKEND: str | None = None
+# Shapes compiled per process before further shapes decode eagerly (None: half of dynamo's recompile limit).
+MAX_COMPILED_SHAPES: int | None = None
+
+
+def recompile_limit() -> int:
+    """dynamo's number of graphs per function before it stops compiling it (8 in torch 2.x)."""
+    import torch._dynamo.config as dynamo_config
+
+    return int(getattr(dynamo_config, "recompile_limit", None) or dynamo_config.cache_size_limit)
+
+
+def rng_state():
+    return torch.random.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_rng_state(state) -> None:
+    torch.random.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+class StaticDecoder:
+    """Runs static-cache decodes of one process, compiled once per (rows, cache bucket) shape.
+
+    ``max_shapes`` (default: half of dynamo's recompile limit, the rest left for recompiles that other guards cause)
+    shapes are compiled; a further shape decodes eagerly from the same static cache (the same tokens: the compiled
+    step computes what the eager one does). A compiler error repeats the call eagerly from the random state the call
+    started with, and the rest of the run decodes eagerly. ``shapes`` lists the compiled shapes in order.
+    """
+
+    def __init__(self, device, backend: str | None = None, max_shapes: int | None = None):
+        self.compile_config = decode_compile_config(device, backend or COMPILE_BACKEND)
+        max_shapes = MAX_COMPILED_SHAPES if max_shapes is None else max_shapes
+        self.max_shapes = max(1, recompile_limit() // 2) if max_shapes is None else max_shapes
+        self.shapes: list[tuple[int, int]] = []
+        self.compile = True
+        self.cache = None  # the last static cache, refilled when the next call has its shape
+        self._warned_budget = False
+
+    def _compiles(self, shape: tuple[int, int]) -> bool:
+        if not self.compile:
+            return False
+        if shape in self.shapes:
+            return True
+        if len(self.shapes) < self.max_shapes:
+            self.shapes.append(shape)
+            logger.info("compiled decode: shape %d of at most %d (%d rows, cache of %d tokens)",
+                        len(self.shapes), self.max_shapes, *shape)  # fmt: skip
+            return True
+        if not self._warned_budget:
+            self._warned_budget = True
+            logger.warning("compiled decode: %d shapes compiled (%s); further shapes decode eagerly from the static "
+                           "cache", len(self.shapes), self.shapes)  # fmt: skip
+        return False
+
+    def generation_config(self, generation_config, compiled: bool):
+        """A copy of ``generation_config`` that compiles its decode step, or that decodes eagerly."""
+        import copy
+
+        config = copy.copy(generation_config)
+        if compiled:
+            return compiling(config, self.compile_config)
+        # transformers compiles a static-cache decode on its own unless told not to.
+        config.disable_compile = True
+        return config
+
+    def __call__(self, model, rows: int, cache_length: int, decode: Callable[[bool], object]):
+        """``decode(compiled)`` under sdpa, compiled when this shape is within the budget; repeated eagerly (same
+        random state) when compiling fails."""
+        shape = (int(rows), bucketed_length(cache_length))
+        with sdpa_for_static_decode(model):
+            if not self._compiles(shape):
+                return decode(False)
+            state = rng_state()
+            try:
+                return decode(True)
+            except Exception as error:  # a compiler failure must not cost the rollout or the queries: decode eagerly
+                logger.warning("compiled decode failed (%s: %s); this call and the rest of the run decode eagerly "
+                               "from the static cache", type(error).__name__, str(error)[:300])  # fmt: skip
+                self.compile, self.cache = False, None
+                set_rng_state(state)
+                return decode(False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A rollout's sampling from one prefill per prompt
+
+
+def sample_from_one_prefill(
+    model, generate, input_ids, attention_mask, pooled, run, generation_config, kwargs, static: StaticDecoder | None
+):
+    """Sample ``run`` completions per prompt with the prompt prefilled once: the KV cache of all but the last prompt
+    token is computed once per distinct prompt (with the model's own kernel), copied ``run`` times, and ``generate``
+    continues from it (the last prompt token and every sampled token are then processed per completion, as without
+    sharing). With ``static`` the copy is a static cache and the decode step is compiled (:class:`StaticDecoder`).
+    """
+    from open_r1.positions import inner_vlm
+
+    inner = inner_vlm(model)
+    video = {key: kwargs[key] for key in ("video_grid_thw", "second_per_grid_ts") if key in kwargs}
+    mm_token_type_ids = kwargs["mm_token_type_ids"]
+    with torch.no_grad():
+        prefill = model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention_mask[:, :-1],
+            mm_token_type_ids=mm_token_type_ids[:, :-1],
+            mm_encoder_outputs={"video": pooled},
+            use_cache=True,
+            logits_to_keep=1,
+            **video,
+        )
+        # Decode offsets of the whole prompt (its last token is text, continuing the layout), one per completion.
+        _, deltas = inner.get_rope_index(
+            input_ids, mm_token_type_ids=mm_token_type_ids, attention_mask=attention_mask, **video
+        )
+    generation_config.num_return_sequences = 1
+    expanded = {k: v.repeat_interleave(run, dim=0) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+    def decode(cache, config):
+        inner.rope_deltas = deltas.repeat_interleave(run, dim=0)
+        return generate(
+            input_ids=input_ids.repeat_interleave(run, dim=0),
+            attention_mask=attention_mask.repeat_interleave(run, dim=0),
+            generation_config=config,
+            cache=cache,
+            **expanded,
+        )
+
+    if static is None:
+        cache = prefill.past_key_values
+        cache.batch_repeat_interleave(run)
+        return decode(cache, generation_config)
+
+    new_tokens = generation_config.max_new_tokens or generation_config.max_length - input_ids.size(1)
+    length = input_ids.size(1) + new_tokens
+
+    def static_decode(compiled: bool):
+        # Filled again for a repeat: a failed compiled call may have written into it.
+        static.cache = static_cache_from(model, prefill.past_key_values, run, length, reuse=static.cache)
+        return decode(static.cache, static.generation_config(generation_config, compiled))
+
+    return static(model, input_ids.size(0) * run, length, static_decode)
+
+
+@contextlib.contextmanager
+def generate_replaced(model, generate: Callable):
+    """``model.generate`` is ``generate`` inside the block; an instance-level wrapper that was there before (a
+    profiler's, a test's, an outer rollout wrapper) is put back after it."""
+    previous = model.__dict__.get("generate")
+    model.generate = generate
+    try:
+        yield
+    finally:
+        if previous is None:
+            del model.generate
+        else:
+            model.generate = previous
+
+
+def equal_run_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, video_ids: list) -> int:
+    """``k`` when the rows come in runs of ``k`` identical (prompt, video) rows (a group, or its share on this
+    process); 1 when they do not."""
+    num_rows = input_ids.size(0)
+    same = [
+        video_ids[i] == video_ids[i + 1]
+        and torch.equal(input_ids[i], input_ids[i + 1])
+        and torch.equal(attention_mask[i], attention_mask[i + 1])
+        for i in range(num_rows - 1)
+    ]
+    lengths, current = [], 1
+    for equal in same:
+        if equal:
+            current += 1
+        else:
+            lengths.append(current)
+            current = 1
+    lengths.append(current)
+    return lengths[0] if len(set(lengths)) == 1 else 1

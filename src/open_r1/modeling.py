@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoProcessor, BatchFeature, Qwen2_5_VLForConditionalGeneration
-from transformers.utils import is_flash_attn_2_available
+from transformers.utils import import_utils
 
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, set_position_layout
 from open_r1.vision_attention import set_vision_attention
@@ -36,8 +36,9 @@ VISION_TOKENS = (
 
 
 def default_attn_implementation() -> str:
-    """flash_attention_2 on CUDA when it is installed (the paper's setting), else PyTorch's sdpa."""
-    if torch.cuda.is_available() and is_flash_attn_2_available():
+    """flash_attention_2 when transformers can run it here (flash-attn installed and a CUDA device: the paper's
+    setting), else PyTorch's sdpa."""
+    if flash_attention_available():
         return "flash_attention_2"
     return "sdpa"
 
@@ -45,12 +46,17 @@ def default_attn_implementation() -> str:
 _warned_attention: set[str] = set()
 
 
+def flash_attention_available() -> bool:
+    """transformers' own answer (the flash-attn package, its version and a device it runs on), asked at call time."""
+    return import_utils.is_flash_attn_2_available()
+
+
 def resolve_attn_implementation(requested: str | None) -> str:
     """``requested`` when this machine can run it; flash_attention_2 without CUDA or without the flash-attn package
     becomes sdpa, with one warning (recipes name the paper's kernel, a CPU or a GPU without flash-attn still runs)."""
     if requested is None:
         return default_attn_implementation()
-    if requested == "flash_attention_2" and not (torch.cuda.is_available() and is_flash_attn_2_available()):
+    if requested == "flash_attention_2" and not flash_attention_available():
         reason = "no CUDA device" if not torch.cuda.is_available() else "the flash-attn package is not installed"
         if requested not in _warned_attention:
             logger.warning("flash_attention_2 requested but %s: using sdpa (same results, more memory)", reason)

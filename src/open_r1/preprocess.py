@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,12 +38,12 @@ from open_r1.configs import (
 from open_r1.jsonl import read_jsonl, repair_tail
 from open_r1.video import DECODERS, VideoCache, VideoDecodeError, decode_video, settings_key, video_id_problem
 from open_r1.video.cache import CacheEntryError, abandoned_temporary_files
+from open_r1.worker_pool import WORKER_MEMORY_BYTES, default_num_workers, peak_rss_bytes, run_parallel
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.jsonl"
 # Workers are forked: they start in milliseconds instead of re-importing torch.
-_MP_CONTEXT = multiprocessing.get_context("fork")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -90,52 +87,6 @@ def video_ids_in_folder(video_dir) -> list[str]:
     if hidden:
         logger.info("skipping %d hidden file(s) in %s (e.g. %s)", len(hidden), video_dir, hidden[0])
     return sorted(path.stem for path in names if not path.name.startswith("."))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Resources
-
-
-# Peak RSS of one decoding worker on 4K sources after chunked resizing (1.0-1.8 GiB measured by
-# benchmarks/decode_memory.py); used only to size the default worker count.
-WORKER_MEMORY_BYTES = 2 * 2**30
-
-
-def _proc_kib(path: str, key: str) -> int | None:
-    """Bytes of a ``key: N kB`` line of a Linux /proc file, None where there is none."""
-    try:
-        with open(path) as handle:
-            for line in handle:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to new processes (Linux ``MemAvailable``), None when unknown."""
-    return _proc_kib("/proc/meminfo", "MemAvailable")
-
-
-def default_num_workers(cpus: int | None = None, memory: int | None = None) -> int:
-    """At most 8 workers, one per core, and no more than the available memory holds at :data:`WORKER_MEMORY_BYTES`."""
-    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
-    memory = memory if memory is not None else available_memory()
-    by_memory = memory // WORKER_MEMORY_BYTES if memory is not None else 8
-    return max(1, min(8, cpus, by_memory))
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux: ``VmHWM``, which, unlike ``ru_maxrss``, does not carry
-    over the parent's peak into a forked or exec'd child)."""
-    peak = _proc_kib("/proc/self/status", "VmHWM")
-    if peak is not None:
-        return peak
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -248,43 +199,6 @@ class PreprocessSummary:
         )
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Make this worker end when the process that started it dies (even by kill -9), instead of idling on."""
-    import signal
-    import threading
-
-    if sys.platform.startswith("linux"):
-        try:  # the kernel sends SIGKILL when the parent exits
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-    def watch():  # portable fallback: once re-parented, the parent is gone
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(1.0)
-
-    if os.getppid() != parent_pid:
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-def _worker_init(parent_pid: int | None = None):
-    import torch
-
-    if parent_pid is not None:
-        _exit_with_parent(parent_pid)
-    # Ctrl-C is the parent's to handle (it stops the run, and these workers end with it): no traceback per worker.
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Parallelism comes from the processes; threads inside each would only fight over the cores.
-    torch.set_num_threads(1)
-
-
 def _process(
     task: _Task,
     output_dir: str,
@@ -334,55 +248,6 @@ def _process(
         "type": "failure", "video_id": task.video_id, "source": task.source, "reason": reason, **timing,
         "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
     }  # fmt: skip
-
-
-def _run_isolated(task: _Task, run_args: tuple) -> dict:
-    """Retry a task in its own process so a decoder crash is pinned on the video that caused it."""
-    with ProcessPoolExecutor(
-        max_workers=1, mp_context=_MP_CONTEXT, initializer=_worker_init, initargs=(os.getpid(),)
-    ) as pool:
-        try:
-            return pool.submit(_process, task, *run_args).result()
-        except BrokenProcessPool:
-            return {
-                "type": "failure",
-                "video_id": task.video_id,
-                "source": task.source,
-                "reason": "the decoder crashed the worker process (e.g. a segfault in decord)",
-            }
-
-
-def _run_parallel(tasks: list[_Task], run_args: tuple, num_workers: int):
-    """Yield one record per task, ``num_workers`` at a time; survives worker crashes."""
-    queue = list(reversed(tasks))
-    while queue:
-        pool = ProcessPoolExecutor(
-            max_workers=num_workers, mp_context=_MP_CONTEXT, initializer=_worker_init, initargs=(os.getpid(),)
-        )
-        running: dict = {}
-        crashed: list[_Task] = []
-        try:
-            while queue or running:
-                while queue and len(running) < num_workers:
-                    task = queue.pop()
-                    running[pool.submit(_process, task, *run_args)] = task
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    task = running.pop(future)
-                    try:
-                        yield future.result()
-                    except BrokenProcessPool:
-                        crashed.append(task)
-                if crashed:
-                    crashed.extend(running.values())
-                    running.clear()
-                    break
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if crashed:
-            logger.warning("a worker process died; retrying %d in-flight video(s) one by one", len(crashed))
-            for task in crashed:
-                yield _run_isolated(task, run_args)
 
 
 def preprocess_videos(
@@ -477,7 +342,7 @@ def preprocess_videos(
             logger.warning("failed %r: %s", record["video_id"][:80], record["reason"])
             log(record)
         if num_workers > 1 and len(tasks) > 1:
-            results = _run_parallel(tasks, run_args, num_workers)
+            results = run_parallel(_process, tasks, run_args, num_workers)
         else:
             results = (_process(task, *run_args) for task in tasks)
         for record in tqdm(results, total=len(tasks), desc="videos", unit="video", disable=not progress):

@@ -187,7 +187,9 @@ def score_queries(trainer, rows: list[dict], dataset, output_dir: Path, done: se
     accelerator = trainer.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     generations = trainer.num_generations
-    per_batch = trainer.args.per_device_train_batch_size // generations  # queries per rollout, as in training
+    # Queries per rollout, as in training; at least one (all its samples on this process) when a process holds part
+    # of a group in training (per_device_train_batch_size < num_generations, which TRL allows).
+    per_batch = max(1, trainer.args.per_device_train_batch_size // generations)
     todo = [i for i, row in enumerate(rows) if row["query_id"] not in done]
     mine = todo[rank::world]
     # Every rank runs the same number of rollouts (the rewards are gathered across ranks); padding rows are not kept.

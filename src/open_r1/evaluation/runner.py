@@ -16,7 +16,7 @@ from typing import Any
 
 from open_r1.configs import EvalArguments
 from open_r1.data import DATASETS, load_annotations, load_split, split_path
-from open_r1.decoding import compiling, decode_compile_config, empty_static_cache, use_static_decode
+from open_r1.decoding import StaticDecoder, empty_static_cache, use_static_decode
 from open_r1.evaluation.metrics import IOU_TIE_EPS, compute_metrics, record_iou, score_output
 from open_r1.evaluation.plots import plot_predictions
 from open_r1.evaluation.predictions import (
@@ -178,6 +178,8 @@ class BatchGenerator:
         self.generation_config = config
         # Vision features of the last batch's videos, by video id (shared_work).
         self._features: dict[str, Any] = {}
+        # The static decode's compiled shapes (rows, cache bucket), kept for the whole run.
+        self.static = StaticDecoder(device) if use_static_decode(args.decode, device) else None
         torch.manual_seed(args.seed)
 
     def __call__(self, queries: Sequence[dict[str, Any]], clips: Sequence[Any]) -> list[str]:
@@ -217,14 +219,20 @@ class BatchGenerator:
             else v
             for k, v in batch.items()
         }
-        generation_config, extra = self.generation_config, {}
-        if use_static_decode(self.args.decode, self.device):
+        if self.static is None:
+            with torch.inference_mode():
+                out = self.model.generate(**batch, generation_config=self.generation_config)
+        else:
             # A static KV cache and a compiled decode step (open_r1.decoding); the same tokens as eager.
-            generation_config = compiling(copy.copy(generation_config), decode_compile_config(self.device))
-            length = batch["input_ids"].shape[1] + generation_config.max_new_tokens
-            extra["cache"] = empty_static_cache(self.model, length)
-        with torch.inference_mode():
-            out = self.model.generate(**batch, generation_config=generation_config, **extra)
+            length = batch["input_ids"].shape[1] + self.generation_config.max_new_tokens
+
+            def decode(compiled: bool):
+                config = self.static.generation_config(self.generation_config, compiled)
+                with torch.inference_mode():
+                    return self.model.generate(**batch, generation_config=config,
+                                               cache=empty_static_cache(self.model, length))  # fmt: skip
+
+            out = self.static(self.model, batch["input_ids"].shape[0], length, decode)
         completions = out[:, batch["input_ids"].shape[1] :]
         return self.processor.batch_decode(completions, skip_special_tokens=True)
 

@@ -13,7 +13,11 @@ prompt's last position exactly as in its unpacked row. The prompt is processed o
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def packed_group(
@@ -66,6 +70,53 @@ def packed_group(
     }
 
 
+def concat_packed(pieces: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Several packed groups (:func:`packed_group`) as one sequence: their tokens, positions and labels one after the
+    other, their attention masks on the diagonal (no group sees another). Returns the inputs and where each group
+    starts. One model call per micro-batch, whatever its number of groups: under ZeRO-3 every call gathers the
+    weights on every rank, so the number of calls must not depend on the data."""
+    if len(pieces) == 1:
+        return pieces[0], [0]
+    sizes = [piece["input_ids"].size(1) for piece in pieces]
+    starts = [sum(sizes[:index]) for index in range(len(pieces))]
+    total = sum(sizes)
+    mask = torch.zeros(1, 1, total, total, dtype=torch.bool, device=pieces[0]["attention_mask"].device)
+    for start, size, piece in zip(starts, sizes, pieces, strict=True):
+        mask[:, :, start : start + size, start : start + size] = piece["attention_mask"]
+    packed = {
+        "input_ids": torch.cat([piece["input_ids"] for piece in pieces], dim=1),
+        "attention_mask": mask,
+        "position_ids": torch.cat([piece["position_ids"] for piece in pieces], dim=2),
+        "shift_labels": torch.cat([piece["shift_labels"] for piece in pieces], dim=1),
+    }
+    return packed, starts
+
+
+def packed_call(inner, input_ids, attention_mask, prompt_width: int, groups: list[list[int]], video: dict, device):
+    """The inputs of one model call scoring ``groups`` (lists of rows sharing prompt and video) of a padded batch:
+    each group packed (:func:`packed_group`, its 3-D positions from the model's own ``get_rope_index`` over its
+    prompt), the groups concatenated (:func:`concat_packed`). Returns the inputs, where each group starts, and each
+    group's prompt length."""
+    video_token = inner.config.video_token_id
+    pieces, prompt_lengths = [], []
+    for rows in groups:
+        first = rows[0]
+        prompt = input_ids[first, :prompt_width][attention_mask[first, :prompt_width].bool()]
+        with torch.no_grad():
+            positions, _ = inner.get_rope_index(
+                prompt[None],
+                mm_token_type_ids=2 * (prompt[None] == video_token).long(),
+                video_grid_thw=video["video_grid_thw"][first : first + 1].to(device),
+                second_per_grid_ts=video["second_per_grid_ts"][first : first + 1].to(device),
+                attention_mask=torch.ones_like(prompt[None]),
+            )
+        completions = input_ids[rows, prompt_width:], attention_mask[rows, prompt_width:]
+        pieces.append(packed_group(prompt, *completions, positions[:, 0]))
+        prompt_lengths.append(prompt.numel())
+    packed, starts = concat_packed(pieces)
+    return packed, starts, prompt_lengths
+
+
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, video_keys: list) -> list[list[int]]:
     """Rows that share prompt tokens and video, in order of first appearance (rows need not be adjacent)."""
     groups: dict[tuple, list[int]] = {}
@@ -79,48 +130,59 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, video_key
 # Packing under a flash-attention recipe
 #
 # Flash-attention 2 takes no 4-D mask, and the shared-prefix mask above is not block-diagonal, so FA2's varlen
-# packing cannot express it. Rather than fall back to one row per completion, the language model gets an attention
-# function that sends a call carrying a 4-D mask (a packed group) to sdpa and every other call (generation, padded
-# rows) to flash-attention. Its choice depends only on the call's inputs, so a gradient-checkpointing recompute takes
-# the same branch as the forward it repeats. The vision tower keeps flash-attention's varlen windows.
+# packing cannot express it. Rather than fall back to one row per completion, transformers' ``flash_attention_2``
+# entry is wrapped: a call carrying a 4-D mask (a packed group) goes to sdpa, every other call (the vision tower's
+# varlen windows, generation, padded rows) to the function registered before, unchanged. The model keeps the name
+# ``flash_attention_2``: transformers loads the flash-attn kernels, builds flash attention's masks and takes its
+# generation branches by that exact name (a renamed implementation is looked up as a Hub kernel and fails). The choice
+# depends only on the call's inputs, so a gradient-checkpointing recompute takes the same branch as its forward.
 
-PACKABLE_FLASH_ATTENTION = "flash_attention_2_packable"
+FLASH_ATTENTION = "flash_attention_2"
 
 
-def packable_flash_attention(module, query, key, value, attention_mask, **kwargs):
-    """flash-attention 2, except for a call with a 4-D (packed) mask, which sdpa computes."""
-    from transformers.integrations.flash_attention import flash_attention_forward
+def packable_flash_attention(flash_attention):
+    """``flash_attention`` (transformers' function) for every call except one with a 4-D mask, which sdpa computes."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if attention_mask is not None and attention_mask.ndim == 4:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    return flash_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        if attention_mask is not None and attention_mask.ndim == 4:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return flash_attention(module, query, key, value, attention_mask, **kwargs)
+
+    attention.flash_attention = flash_attention
+    return attention
 
 
-def register_packable_flash_attention() -> str:
-    """Register :data:`PACKABLE_FLASH_ATTENTION` with transformers (attention and mask functions); returns the name."""
+def install_packable_flash_attention() -> None:
+    """Wrap transformers' ``flash_attention_2`` attention function with :func:`packable_flash_attention` (once per
+    process; calls without a 4-D mask, the only ones flash-attention accepts, reach the same function as before)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
-    AttentionInterface.register(PACKABLE_FLASH_ATTENTION, packable_flash_attention)
-    # Masks for everything that is not a packed group are built as for flash-attention 2 (None or the 2-D padding
-    # mask); a 4-D mask passed in is used as it is.
-    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKABLE_FLASH_ATTENTION, flash_attention_mask)
-    return PACKABLE_FLASH_ATTENTION
+    current = AttentionInterface._global_mapping[FLASH_ATTENTION]
+    if getattr(current, "flash_attention", None) is None:
+        AttentionInterface.register(FLASH_ATTENTION, packable_flash_attention(current))
+
+
+def packs_4d_masks(implementation: str) -> bool:
+    """Whether a language model with this attention takes a packed group's 4-D mask."""
+    if implementation in ("sdpa", "eager"):
+        return True
+    if implementation == FLASH_ATTENTION:
+        from transformers import AttentionInterface
+
+        return getattr(AttentionInterface._global_mapping[FLASH_ATTENTION], "flash_attention", None) is not None
+    return False
 
 
 def make_packable(language_model_config) -> bool:
-    """Switch a flash-attention-2 language model to :data:`PACKABLE_FLASH_ATTENTION`; True when it now packs.
+    """Let a language model take packed groups; True when it now packs.
 
-    sdpa and eager take a 4-D mask already; flash-attention 2 is switched; any other kernel is left alone (False: its
-    log-prob passes score each completion with its own prompt copy)."""
-    implementation = language_model_config._attn_implementation
-    if implementation in ("sdpa", "eager", PACKABLE_FLASH_ATTENTION):
-        return True
-    if implementation == "flash_attention_2":
-        language_model_config._attn_implementation = register_packable_flash_attention()
-        return True
-    return False
+    sdpa and eager take a 4-D mask already; for flash-attention 2 the attention function is wrapped
+    (:func:`install_packable_flash_attention`); any other kernel is left alone (False: its log-prob passes score each
+    completion with its own prompt copy)."""
+    if language_model_config._attn_implementation == FLASH_ATTENTION:
+        install_packable_flash_attention()
+    return packs_4d_masks(language_model_config._attn_implementation)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -163,3 +225,21 @@ def reorder_rows(batch: dict, order: list[int]) -> dict:
         else:
             out[key] = [value[i] for i in order]
     return out
+
+
+def accepts_packed_mask(model) -> bool:
+    """Packing needs an attention kernel that takes an arbitrary 4-D mask: sdpa, eager, or flash-attention 2 made
+    packable by :func:`make_packable` (done when the trainer is built)."""
+    from open_r1.positions import inner_vlm
+
+    implementation = inner_vlm(model).language_model.config._attn_implementation
+    if packs_4d_masks(implementation):
+        return True
+    if not getattr(accepts_packed_mask, "warned", False):
+        logger.warning(
+            "%s attention takes no 4-D mask: log-prob passes score each completion with its own prompt copy "
+            "(attn_implementation sdpa packs a group into one sequence)",
+            implementation,
+        )
+        accepts_packed_mask.warned = True
+    return False

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import inspect
+import itertools
 import logging
 import math
 from collections.abc import Callable
@@ -35,12 +34,13 @@ from trl import GRPOTrainer
 
 from open_r1.decoding import (
     RolloutWeights,
+    StaticDecoder,
     check_decode_mode,
     check_rollout_weights,
-    compiling,
-    decode_compile_config,
+    equal_run_length,
+    generate_replaced,
     half_linear_weights,
-    static_cache_from,
+    sample_from_one_prefill,
     use_static_decode,
 )
 from open_r1.modeling import (
@@ -52,12 +52,18 @@ from open_r1.modeling import (
 )
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, position_layout, set_position_layout
 from open_r1.trainer import packing
-from open_r1.trainer.packing import packed_group, prompt_groups
+from open_r1.trainer.packing import prompt_groups
+from open_r1.trainer.reward_checks import NonFiniteRewardError, checked_reward
+
+__all__ = ["NonFiniteRewardError", "VideoGRPOTrainer", "vision_tower"]
 from open_r1.vision_attention import BATCHED_WINDOWS, set_vision_attention
 
 logger = logging.getLogger(__name__)
 
 VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+# TRL losses whose value depends on which rows share a micro-batch (bnpo divides by the micro-batch's token count);
+# every other loss type averages each row once whichever micro-batch holds it, so whole-group micro-batches keep it.
+SPLIT_DEPENDENT_LOSSES = ("bnpo",)
 
 
 def vision_tower(model) -> torch.nn.Module:
@@ -91,8 +97,9 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             every device) or ``"eager"``: how the completions of a shared prefill are decoded (see
             :mod:`open_r1.decoding`; same samples under a seed).
         whole_groups: shuffle a rollout's groups, not its rows, before cutting gradient-accumulation micro-batches,
-            so each micro-batch holds whole groups (one packed sequence each); same loss and gradients. ``False``:
-            TRL's row shuffle.
+            so each micro-batch holds whole groups (one packed sequence each); same loss and gradients, except for
+            ``loss_type: bnpo`` (normalised per micro-batch), which keeps TRL's row shuffle. ``False``: TRL's row
+            shuffle.
         Remaining arguments go to :class:`trl.GRPOTrainer`.
     """
 
@@ -165,7 +172,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         self.last_rollout: dict | None = None  # the latest rollout's rewards, spans and signals
         # torch.compile backend of the static decode step (None: inductor); the CPU equality tests use "eager".
         self.decode_compile_backend: str | None = None
-        self._static_cache = None  # reused across rollouts (same memory for a CUDA-graph decode step)
+        self._static_decoder: StaticDecoder | None = None  # its compiled shapes and static cache, kept across rollouts
         self._logged_choices: set[str] = set()
         # TRL loads the reference model itself: its sdpa tower batches its windows when the policy's does
         # (load_model's default, see vision_attention.py).
@@ -205,6 +212,10 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
 
     def _prepare_inputs(self, generation_batch):
         if not (self.whole_groups and self.model.training):
+            return super()._prepare_inputs(generation_batch)
+        if self.loss_type in SPLIT_DEPENDENT_LOSSES:
+            self._log_once("whole_groups", "micro-batches: loss_type %s normalises per micro-batch, so which rows share "
+                           "one changes the loss; rows shuffled one by one (TRL)", self.loss_type)  # fmt: skip
             return super()._prepare_inputs(generation_batch)
         import trl.trainer.grpo_trainer as trl_grpo
 
@@ -353,7 +364,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             with copy, self.accelerator.autocast():
                 return current(*args, **kwargs)
 
-        with _generate_replaced(model, generate):
+        with generate_replaced(model, generate):
             yield
 
     @contextlib.contextmanager
@@ -368,7 +379,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
 
         def generate(input_ids, attention_mask, generation_config=None, **kwargs):
             kwargs.pop("pixel_values_videos", None)
-            run = _equal_run_length(input_ids, attention_mask, video_ids)
+            run = equal_run_length(input_ids, attention_mask, video_ids)
             if run == 1 or generation_config is None or kwargs.get("return_dict_in_generate"):
                 run, keep = 1, torch.arange(input_ids.size(0), device=input_ids.device)
             else:
@@ -378,26 +389,16 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
                 generation_config = copy.deepcopy(generation_config)
             pooled = BaseModelOutputWithPooling(pooler_output=tuple(features[row] for row in keep.tolist()))
             if run > 1 and generation_config.do_sample and position_layout(model) == "reference":
+                static = None
                 if use_static_decode(self.decode, input_ids.device):
-                    compile_config = decode_compile_config(input_ids.device, self.decode_compile_backend)
-                    self._log_once("decode", "rollouts: static KV cache, compiled decode step (%s)", compile_config)
-                    state = torch.random.get_rng_state(), _cuda_rng_state()
-                    try:
-                        out, self._static_cache = _sample_from_one_prefill(
-                            model, original, input_ids, attention_mask, pooled, run, copy.deepcopy(generation_config),
-                            dict(kwargs), compile_config, self._static_cache,
-                        )  # fmt: skip
-                        return out
-                    except Exception as error:  # a compiler failure must not end a training run: decode eagerly
-                        logger.warning("compiled decode failed (%s: %s); decoding eagerly from now on",
-                                       type(error).__name__, str(error)[:300])  # fmt: skip
-                        self.decode, self._static_cache = "eager", None
-                        torch.random.set_rng_state(state[0])
-                        _set_cuda_rng_state(state[1])
-                out, _ = _sample_from_one_prefill(
-                    model, original, input_ids, attention_mask, pooled, run, generation_config, kwargs
+                    if self._static_decoder is None:
+                        self._static_decoder = StaticDecoder(input_ids.device, self.decode_compile_backend)
+                        self._log_once("decode", "rollouts: static KV cache, compiled decode step (%s)",
+                                       self._static_decoder.compile_config)  # fmt: skip
+                    static = self._static_decoder
+                return sample_from_one_prefill(
+                    model, original, input_ids, attention_mask, pooled, run, generation_config, kwargs, static
                 )
-                return out
             greedy = run > 1 and not generation_config.do_sample
             if run > 1:
                 # Greedy: one completion per prompt, repeated. Sampling with the library's layout (its last prompt
@@ -412,7 +413,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             )
             return out.repeat_interleave(run, dim=0) if greedy else out
 
-        with _generate_replaced(model, generate):
+        with generate_replaced(model, generate):
             yield
 
     @staticmethod
@@ -458,53 +459,55 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         finally:
             self._video_inputs = None
 
-    def _packed_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, video, patches, entropy):
-        """Log-probs (and entropies) of every row, one packed sequence per group of rows sharing prompt and video."""
+    def _packed_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, video, patches, entropy, batch_size
+    ):
+        """Log-probs (and entropies) of every row: each group of rows sharing prompt and video becomes one packed
+        sequence, and the rows, taken group by group, go through the model ``batch_size`` at a time, the groups of a
+        call concatenated into one sequence. The number of model calls is ``ceil(rows / batch_size)``, the same on
+        every rank whatever its groups (ZeRO-3 gathers the weights in every call, and ranks making different numbers
+        of calls would wait on each other for ever); a group cut by a call boundary reads its prompt in both."""
         width = logits_to_keep
         prompt_width = input_ids.size(1) - width
         device = input_ids.device
         features = video.get("features")
         keys = [id(tensor) for tensor in (features if features is not None else patches)]
         inner = inner_vlm(model)
-        video_token = inner.config.video_token_id
         logps: list[torch.Tensor | None] = [None] * input_ids.size(0)
         entropies: list[torch.Tensor | None] = [None] * input_ids.size(0)
-        for rows in prompt_groups(input_ids[:, :prompt_width], attention_mask[:, :prompt_width], keys):
-            first = rows[0]
-            prompt = input_ids[first, :prompt_width][attention_mask[first, :prompt_width].bool()]
-            grid = video["video_grid_thw"][first : first + 1].to(device)
-            interval = video["second_per_grid_ts"][first : first + 1].to(device)
-            with torch.no_grad():
-                positions, _ = inner.get_rope_index(
-                    prompt[None],
-                    mm_token_type_ids=2 * (prompt[None] == video_token).long(),
-                    video_grid_thw=grid,
-                    second_per_grid_ts=interval,
-                    attention_mask=torch.ones_like(prompt[None]),
-                )
-            packed = packed_group(
-                prompt, input_ids[rows, prompt_width:], attention_mask[rows, prompt_width:], positions[:, 0]
+        all_groups = prompt_groups(input_ids[:, :prompt_width], attention_mask[:, :prompt_width], keys)
+        group_of = {row: index for index, rows in enumerate(all_groups) for row in rows}
+        order = [row for rows in all_groups for row in rows]
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            groups = [list(rows) for _, rows in itertools.groupby(chunk, key=group_of.__getitem__)]
+            firsts = [rows[0] for rows in groups]
+            packed, offsets, prompt_lengths = packing.packed_call(
+                inner, input_ids, attention_mask, prompt_width, groups, video, device
             )
+            grids = video["video_grid_thw"][firsts].to(device)
             if features is not None:
-                row_features = [features[first]]
-            else:
-                row_features = self._encode_videos([patches[first]], video["video_grid_thw"][first : first + 1], model)
-            pooled = BaseModelOutputWithPooling(pooler_output=tuple(row_features))
+                group_features = [features[first] for first in firsts]
+            else:  # a trainable tower: every distinct video of the chunk in one pass, with grad
+                group_features = self._encode_videos([patches[first] for first in firsts], grids, model)
+            pooled = BaseModelOutputWithPooling(pooler_output=tuple(group_features))
             with self.accelerator.autocast():
                 out = model(
                     **packed,
-                    video_grid_thw=grid,
-                    second_per_grid_ts=interval,
+                    video_grid_thw=grids,
+                    second_per_grid_ts=video["second_per_grid_ts"][firsts].to(device),
                     mm_encoder_outputs={"video": pooled},
                     fused_lm_head=True,
                 )
-            scored = out.log_probs[0, prompt.numel() - 1 :].view(len(rows), width)
-            for index, row in enumerate(rows):
-                logps[row] = scored[index]
-            if entropy:
-                scored = out.entropy[0, prompt.numel() - 1 :].view(len(rows), width)
+            for rows, offset, prompt_length in zip(groups, offsets, prompt_lengths, strict=True):
+                begin = offset + prompt_length - 1
+                scored = out.log_probs[0, begin : begin + len(rows) * width].view(len(rows), width)
                 for index, row in enumerate(rows):
-                    entropies[row] = scored[index]
+                    logps[row] = scored[index]
+                if entropy:
+                    scored = out.entropy[0, begin : begin + len(rows) * width].view(len(rows), width)
+                    for index, row in enumerate(rows):
+                        entropies[row] = scored[index]
         return torch.stack(logps), torch.stack(entropies) if entropy else None, None
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, **kwargs):
@@ -526,14 +529,16 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         if len(patches) != num_rows:
             raise RuntimeError(f"{len(patches)} videos for {num_rows} rows")
         batch_size = kwargs.pop("batch_size", None) or num_rows
-        if self.shared_work and _accepts_packed_mask(model) and not kwargs.get("compute_aux_loss"):
+        if self.shared_work and packing.accepts_packed_mask(model) and not kwargs.get("compute_aux_loss"):
             self._log_once(
                 "packing",
-                "log-prob passes: one packed sequence per group (%s attention)",
+                "log-prob passes: one packed sequence per group, one model call per %d rows (%s attention)",
+                batch_size,
                 inner_vlm(model).language_model.config._attn_implementation,
             )
+            entropy = kwargs.get("compute_entropy")
             return self._packed_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, video, patches, kwargs.get("compute_entropy")
+                model, input_ids, attention_mask, logits_to_keep, video, patches, entropy, batch_size
             )
 
         results = []
@@ -572,163 +577,6 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
         entropies = torch.cat([r[1] for r in results], dim=0) if results[0][1] is not None else None
         aux = torch.stack([r[2] for r in results]).mean() if results[0][2] is not None else None
         return logps, entropies, aux
-
-
-class NonFiniteRewardError(ValueError):
-    """A reward function returned NaN, inf or a non-number; the message names the function and the row."""
-
-
-def reward_problem(value) -> str | None:
-    """Why one reward value cannot be trained on, or None. ``None`` is allowed: TRL's "no reward for this row"."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        return f"returned {type(value).__name__} {str(value)[:40]!r}, not a number"
-    if not math.isfinite(float(value)):
-        return f"returned {float(value)}"
-    return None
-
-
-def checked_reward(func: Callable, name: str) -> Callable:
-    """``func`` with its outputs checked: a NaN, inf or non-number raises :class:`NonFiniteRewardError` naming the
-    reward, the row and its query; ``None`` passes (TRL skips such a row for that reward, with its own warning)."""
-    if getattr(func, "_open_r1_checked", False):
-        return func
-
-    def check(outputs, kwargs):
-        for row, value in enumerate(outputs):
-            problem = reward_problem(value)
-            if problem is not None:
-                columns = {key: kwargs[key][row] for key in ("video_id", "query", "solution") if key in kwargs}
-                completion = kwargs["completions"][row] if "completions" in kwargs else None
-                raise NonFiniteRewardError(
-                    f"reward {name!r} {problem} for row {row} ({columns}; completion {str(completion)[:200]!r}); "
-                    "rewards must be finite numbers (None: no reward for this row)"
-                )
-        return outputs
-
-    if inspect.iscoroutinefunction(func):
-
-        @functools.wraps(func)
-        async def checked_async(*args, **kwargs):
-            return check(await func(*args, **kwargs), kwargs)
-
-        checked_async._open_r1_checked = True
-        return checked_async
-
-    @functools.wraps(func)
-    def checked(*args, **kwargs):
-        return check(func(*args, **kwargs), kwargs)
-
-    checked._open_r1_checked = True
-    return checked
-
-
-def _sample_from_one_prefill(
-    model, generate, input_ids, attention_mask, pooled, run, generation_config, kwargs, compile_config=None, reuse=None
-):
-    """Sample ``run`` completions per prompt with the prompt prefilled once: the KV cache of all but the last prompt
-    token is computed once per distinct prompt, copied ``run`` times, and ``generate`` continues from it (the last
-    prompt token and every sampled token are then processed per completion, as without sharing). With a
-    ``compile_config`` the copy is a static cache (``reuse``: an earlier one to refill) and ``generate`` compiles its
-    decode step (:mod:`open_r1.decoding`). Returns the completions and the static cache (None without one).
-    """
-    inner = inner_vlm(model)
-    video = {key: kwargs[key] for key in ("video_grid_thw", "second_per_grid_ts") if key in kwargs}
-    mm_token_type_ids = kwargs["mm_token_type_ids"]
-    with torch.no_grad():
-        prefill = model(
-            input_ids=input_ids[:, :-1],
-            attention_mask=attention_mask[:, :-1],
-            mm_token_type_ids=mm_token_type_ids[:, :-1],
-            mm_encoder_outputs={"video": pooled},
-            use_cache=True,
-            logits_to_keep=1,
-            **video,
-        )
-        # Decode offsets of the whole prompt (its last token is text, continuing the layout), one per completion.
-        _, deltas = inner.get_rope_index(
-            input_ids, mm_token_type_ids=mm_token_type_ids, attention_mask=attention_mask, **video
-        )
-    cache = prefill.past_key_values
-    if compile_config is not None:
-        new_tokens = generation_config.max_new_tokens or generation_config.max_length - input_ids.size(1)
-        cache = static_cache_from(model, cache, run, input_ids.size(1) + new_tokens, reuse=reuse)
-        compiling(generation_config, compile_config)
-    else:
-        cache.batch_repeat_interleave(run)
-    inner.rope_deltas = deltas.repeat_interleave(run, dim=0)
-    generation_config.num_return_sequences = 1
-    expanded = {k: v.repeat_interleave(run, dim=0) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    out = generate(
-        input_ids=input_ids.repeat_interleave(run, dim=0),
-        attention_mask=attention_mask.repeat_interleave(run, dim=0),
-        generation_config=generation_config,
-        cache=cache,
-        **expanded,
-    )
-    return out, cache if compile_config is not None else None
-
-
-@contextlib.contextmanager
-def _generate_replaced(model, generate: Callable):
-    """``model.generate`` is ``generate`` inside the block; an instance-level wrapper that was there before (a
-    profiler's, a test's, an outer rollout wrapper) is put back after it."""
-    previous = model.__dict__.get("generate")
-    model.generate = generate
-    try:
-        yield
-    finally:
-        if previous is None:
-            del model.generate
-        else:
-            model.generate = previous
-
-
-def _cuda_rng_state():
-    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-
-
-def _set_cuda_rng_state(state) -> None:
-    if state is not None:
-        torch.cuda.set_rng_state_all(state)
-
-
-def _accepts_packed_mask(model) -> bool:
-    """Packing needs an attention kernel that takes an arbitrary 4-D mask: sdpa, eager, or flash-attention 2 switched
-    by :func:`open_r1.trainer.packing.make_packable` (done when the trainer is built)."""
-    implementation = inner_vlm(model).language_model.config._attn_implementation
-    if implementation in ("sdpa", "eager", packing.PACKABLE_FLASH_ATTENTION):
-        return True
-    if not getattr(_accepts_packed_mask, "warned", False):
-        logger.warning(
-            "%s attention takes no 4-D mask: log-prob passes score each completion with its own prompt copy "
-            "(attn_implementation sdpa packs a group into one sequence)",
-            implementation,
-        )
-        _accepts_packed_mask.warned = True
-    return False
-
-
-def _equal_run_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, video_ids: list) -> int:
-    """``k`` when the rows come in runs of ``k`` identical (prompt, video) rows (a group, or its share on this
-    process); 1 when they do not."""
-    num_rows = input_ids.size(0)
-    same = [
-        video_ids[i] == video_ids[i + 1]
-        and torch.equal(input_ids[i], input_ids[i + 1])
-        and torch.equal(attention_mask[i], attention_mask[i + 1])
-        for i in range(num_rows - 1)
-    ]
-    lengths, current = [], 1
-    for equal in same:
-        if equal:
-            current += 1
-        else:
-            lengths.append(current)
-            current = 1
-    lengths.append(current)
-    return lengths[0] if len(set(lengths)) == 1 else 1
 
 
 @contextlib.contextmanager
