@@ -23,6 +23,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 # Half of the tiny model's 2k base vocabulary: a random policy scores around 0.5 with a spread across completions.
 LOW_TOKEN_LIMIT = 1024
 
@@ -38,7 +40,12 @@ def low_token_reward(completion_ids, **kwargs) -> list[float]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--record", required=True, type=Path, help="folder for the per-rank JSON records")
-    parser.add_argument("--flash_attn_stand_in", action="store_true", help="install the flash-attn CPU stand-in")
+    parser.add_argument(
+        "--flash_attn_stand_in",
+        choices=["half", "fp32"],
+        default=None,
+        help="install the flash-attn CPU stand-in (fp32: accepting fp32 inputs too)",
+    )
     args, train_argv = parser.parse_known_args(argv)
 
     kernel_calls = None
@@ -46,7 +53,7 @@ def main(argv=None):
         import flash_attn_stand_in
         import pytest
 
-        kernel_calls = flash_attn_stand_in.install(pytest.MonkeyPatch())
+        kernel_calls = flash_attn_stand_in.install(pytest.MonkeyPatch(), fp32=args.flash_attn_stand_in == "fp32")
 
     from open_r1.grpo_video import cli
     from open_r1.modeling import Qwen2_5_VLForConditionalGeneration
@@ -58,17 +65,17 @@ def main(argv=None):
     # Every language-model forward of the policy (rollout prefill, decode steps, log-prob passes) and the groups
     # packed into each log-prob call.
     lm_calls, groups_per_call = [0], []
-    real_forward, real_concat = Qwen2_5_VLForConditionalGeneration.forward, packing.concat_packed
+    real_concat = packing.concat_packed
 
-    def counted_forward(self, *a, **kw):
-        lm_calls[0] += 1
-        return real_forward(self, *a, **kw)
+    def count_call(module, args):
+        if isinstance(module, Qwen2_5_VLForConditionalGeneration):
+            lm_calls[0] += 1
 
     def counted_concat(pieces):
         groups_per_call.append(len(pieces))
         return real_concat(pieces)
 
-    Qwen2_5_VLForConditionalGeneration.forward = counted_forward
+    torch.nn.modules.module.register_module_forward_pre_hook(count_call)
     packing.concat_packed = counted_concat
 
     trainer = cli(train_argv)

@@ -256,14 +256,17 @@ def test_zero3_shared_work_equals_the_per_row_path(runs):
     assert size > 0 and diff / size < UPDATE_RTOL, (diff, size)
 
 
-# The shipped recipes' kernel and precision through transformers' flash-attention code on the flash-attn stand-in.
-FLASH_FLAGS = ["--flash_attn_stand_in", "--attn_implementation", "flash_attention_2", "--bf16", "true"]
+# The shipped recipes' kernel through transformers' flash-attention code on the flash-attn stand-in. bf16 stays off:
+# transformers refuses --bf16 without a GPU unless --use_cpu, which takes DeepSpeed out; so the stand-in accepts the
+# fp32 inputs too (the bf16 contract is checked in the single-process flash tests).
+FLASH_FLAGS = ["--flash_attn_stand_in", "fp32", "--attn_implementation", "flash_attention_2"]
 
 
 @pytest.fixture(scope="module")
 def flash_zero3(tmp_path_factory):
-    """ZeRO-3 on 2 CPU processes with flash_attention_2 and bf16: the recipe's layout (whole groups, accumulation 2)
-    and TRL's row shuffle with groups of 2, whose micro-batches hold different numbers of groups on the two ranks."""
+    """ZeRO-3 on 2 CPU processes with flash_attention_2: the recipe's layout (whole groups, accumulation 2), and
+    groups cut across ranks with TRL's row shuffle, whose micro-batches hold different numbers of groups on the two
+    ranks."""
     root = tmp_path_factory.mktemp("flash_zero3")
     annotations, video_dir = make_grounding_dataset(root / "data", num_videos=4, duration=4.0, fps=4.0)
     model = build_tiny_model(root / "tiny")
@@ -272,9 +275,12 @@ def flash_zero3(tmp_path_factory):
     ds_config = zero3_cpu_config(root / "zero3_offload_cpu.json")
     zero3 = ["--deepspeed", str(ds_config), *FLASH_FLAGS, "--gradient_accumulation_steps", "2"]
     recipe = torchrun(root / "recipe", root / "out_recipe", common, *zero3)
+    # 6 rows per rank, groups of 4: rank 0 holds a group and half of the next, rank 1 the other half and a group;
+    # micro-batches of 3 rows then hold 1 or 2 groups, not the same on both ranks.
     mixed = torchrun(
-        root / "mixed", root / "out_mixed", common, *zero3, "--whole_groups", "false", "--num_generations", "2"
-    )
+        root / "mixed", root / "out_mixed", common, *zero3, "--whole_groups", "false",
+        "--per_device_train_batch_size", "3",
+    )  # fmt: skip
     return {"recipe": recipe, "mixed": mixed}
 
 
@@ -285,7 +291,7 @@ def test_zero3_trains_the_flash_attention_recipe(flash_zero3):
     for record in flash_zero3["recipe"]:
         assert record["zero_stage"] == 3 and record["attn_implementation"] == "flash_attention_2"
         calls = record["flash_kernel_calls"]
-        assert calls["flash_attn_varlen_func"] + calls["flash_attn_func"] > 0, calls
+        assert calls.get("flash_attn_varlen_func", 0) + calls.get("flash_attn_func", 0) > 0, calls
         assert set(record["groups_per_call"]) == {1}  # whole groups: one group per micro-batch
         logs = step_logs(record)
         assert len(logs) == NUM_STEPS and all(math.isfinite(log["loss"]) and log["grad_norm"] > 0 for log in logs)
