@@ -31,6 +31,16 @@ def test_compile_config():
     assert cpu.fullgraph and cpu.backend == "eager" and cpu.mode is None and cpu._compile_all_devices
 
 
+def test_the_static_cache_only_grows_by_a_quarter_at_least():
+    static = decoding.StaticDecoder("cpu", backend="eager")
+    # 4,200 needed: 4,608 (512-token buckets); shorter prompts reuse it; 4,700 grows it to 1.25 x 4,608 -> 6,144.
+    assert [static.cache_length_for(n) for n in (4200, 1000, 4608, 4700, 5000, 6144)] == [4608] * 3 + [6144] * 3
+    assert static.cache_length_for(9000) == 9216  # a need past the growth is met
+    per_call = decoding.StaticDecoder("cpu", backend="eager")
+    with unittest.mock.patch.object(decoding, "HIGH_WATER", False):
+        assert [per_call.cache_length_for(n) for n in (4200, 1000)] == [4608, 1024]
+
+
 def test_static_cache_repeats_each_prompt_and_is_reused(tiny_path):  # noqa: F811
     from transformers import DynamicCache
 
@@ -146,6 +156,7 @@ def test_more_prompt_lengths_than_the_recompile_limit_lose_no_rollout(
     rows = [dict(row) for row in dataset(num_rows=2) for _ in range(4)]
     rollouts = [rows[:4], rows[4:], rows]  # rows (4, 4, 8) and three prompt lengths
     monkeypatch.setattr(decoding, "CACHE_LENGTH_BUCKET", 1)
+    monkeypatch.setattr(decoding, "HIGH_WATER", False)  # each call's own length: a shape per prompt length
     limit = torch._dynamo.config.patch(recompile_limit=2)
     limit.__enter__()
     request.addfinalizer(lambda: limit.__exit__(None, None, None))

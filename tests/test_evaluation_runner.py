@@ -344,9 +344,10 @@ def static_run(setup, name, monkeypatch, **overrides):
     shapes = []
     real_call = decoding.StaticDecoder.__call__
 
-    def recording(self, model, rows, cache_length, decode):
-        shapes.append((rows, decoding.bucketed_length(cache_length)))
-        return real_call(self, model, rows, cache_length, decode)
+    def recording(self, model, rows, needed_length, decode):
+        out = real_call(self, model, rows, needed_length, decode)
+        shapes.append((rows, self.cache_length_for(needed_length)))  # the length that call used (it only grows)
+        return out
 
     monkeypatch.setattr(decoding.StaticDecoder, "__call__", recording)
     torch._dynamo.reset()
@@ -381,6 +382,7 @@ def test_static_decode_past_the_recompile_limit_loses_no_query(setup, full_run, 
     from open_r1 import decoding
 
     monkeypatch.setattr(decoding, "CACHE_LENGTH_BUCKET", 1)
+    monkeypatch.setattr(decoding, "HIGH_WATER", False)  # each call's own length: a shape per prompt length
     if budget == "dynamo's":
         monkeypatch.setattr(decoding, "MAX_COMPILED_SHAPES", 100)
     limit = torch._dynamo.config.patch(recompile_limit=1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -227,6 +228,10 @@ def sdpa_for_static_decode(model):
 COMPILE_BACKEND: str | None = None
 # Shapes compiled per process before further shapes decode eagerly (None: half of dynamo's recompile limit).
 MAX_COMPILED_SHAPES: int | None = None
+# A run's static cache only grows, by at least CACHE_GROWTH at a time (StaticDecoder.cache_length_for); False sizes
+# each call's cache to its own need (one shape per distinct bucket).
+HIGH_WATER = True
+CACHE_GROWTH = 1.25
 
 
 def recompile_limit() -> int:
@@ -262,6 +267,7 @@ class StaticDecoder:
         self.shapes: list[tuple[int, int]] = []
         self.compile = True
         self.cache = None  # the last static cache, refilled when the next call has its shape
+        self.cache_length: int | None = None  # the high-water mark (HIGH_WATER)
         self._warned_budget = False
 
     def _compiles(self, shape: tuple[int, int]) -> bool:
@@ -291,22 +297,36 @@ class StaticDecoder:
         config.disable_compile = True
         return config
 
-    def __call__(self, model, rows: int, cache_length: int, decode: Callable[[bool], object]):
-        """``decode(compiled)`` under sdpa, compiled when this shape is within the budget; repeated eagerly (same
-        random state) when compiling fails."""
-        shape = (int(rows), bucketed_length(cache_length))
+    def cache_length_for(self, needed: int) -> int:
+        """The static cache's length for a call that needs ``needed`` tokens. With :data:`HIGH_WATER` the length only
+        grows within a run, each time by at least :data:`CACHE_GROWTH`: real prompts vary by thousands of tokens
+        (Charades-STA 1.0k-3.7k, ActivityNet 0.5k-5.9k at the paper's settings), which per-call buckets would turn into
+        7-12 shapes (benchmarks/decode_shapes.py); this way a run meets 1-3. Otherwise: ``needed`` rounded up to the
+        bucket."""
+        if not HIGH_WATER:
+            return bucketed_length(needed)
+        if self.cache_length is None or needed > self.cache_length:
+            grown = needed if self.cache_length is None else max(needed, math.ceil(self.cache_length * CACHE_GROWTH))
+            self.cache_length = bucketed_length(grown)
+        return self.cache_length
+
+    def __call__(self, model, rows: int, needed_length: int, decode: Callable[[bool, int], object]):
+        """``decode(compiled, cache_length)`` under sdpa, compiled when this shape is within the budget; repeated
+        eagerly (same random state) when compiling fails."""
+        cache_length = self.cache_length_for(needed_length)
+        shape = (int(rows), cache_length)
         with sdpa_for_static_decode(model):
             if not self._compiles(shape):
-                return decode(False)
+                return decode(False, cache_length)
             state = rng_state()
             try:
-                return decode(True)
+                return decode(True, cache_length)
             except Exception as error:  # a compiler failure must not cost the rollout or the queries: decode eagerly
                 logger.warning("compiled decode failed (%s: %s); this call and the rest of the run decode eagerly "
                                "from the static cache", type(error).__name__, str(error)[:300])  # fmt: skip
                 self.compile, self.cache = False, None
                 set_rng_state(state)
-                return decode(False)
+                return decode(False, cache_length)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -361,9 +381,9 @@ def sample_from_one_prefill(
     new_tokens = generation_config.max_new_tokens or generation_config.max_length - input_ids.size(1)
     length = input_ids.size(1) + new_tokens
 
-    def static_decode(compiled: bool):
+    def static_decode(compiled: bool, cache_length: int):
         # Filled again for a repeat: a failed compiled call may have written into it.
-        static.cache = static_cache_from(model, prefill.past_key_values, run, length, reuse=static.cache)
+        static.cache = static_cache_from(model, prefill.past_key_values, run, cache_length, reuse=static.cache)
         return decode(static.cache, static.generation_config(generation_config, compiled))
 
     return static(model, input_ids.size(0) * run, length, static_decode)

@@ -226,11 +226,11 @@ class BatchGenerator:
             # A static KV cache and a compiled decode step (open_r1.decoding); the same tokens as eager.
             length = batch["input_ids"].shape[1] + self.generation_config.max_new_tokens
 
-            def decode(compiled: bool):
+            def decode(compiled: bool, cache_length: int):
                 config = self.static.generation_config(self.generation_config, compiled)
                 with torch.inference_mode():
                     return self.model.generate(**batch, generation_config=config,
-                                               cache=empty_static_cache(self.model, length))  # fmt: skip
+                                               cache=empty_static_cache(self.model, cache_length))  # fmt: skip
 
             out = self.static(self.model, batch["input_ids"].shape[0], length, decode)
         completions = out[:, batch["input_ids"].shape[1] :]
