@@ -4,6 +4,14 @@ Stage ``tiny``: the pipeline on CUDA in bf16 with sdpa: synthetic clips written 
 Qwen2.5-VL, GRPO steps through ``open_r1.grpo_video.main``, then ``open_r1.evaluation.run_evaluation`` on the checkpoint.
 The clips are drawn in memory and cached directly, so no video codec wheel is needed on the GPU machine.
 
+Stage ``recipe``: the shipped Charades recipe as written (``recipes/charades/grpo_qwen2_5_vl_7b.yaml`` through the
+training entry point's command line: flash_attention_2, bf16, gradient checkpointing, accumulation 2, whole groups,
+shared work, 8 completions, ``scripts/zero3_offload.json``), plus ``--decode static``, on random 7B weights and clips at
+the paper's shapes (only the model path, the data, the step count and a fixed completion length are overridden), then
+``open_r1.evaluation.run_evaluation --decode static`` on the saved checkpoint. Prints per-phase seconds of the last
+step against ``bound.py``'s bound, the attention kernel that ran, dynamo's compiled graphs (its own counter) and the
+decode shapes, and peak GPU memory. Run it under torchrun (DeepSpeed wants a process group).
+
 Stage ``7b``: GRPO steps of the real Qwen2.5-VL-7B architecture (random weights from the bundled config) at the
 paper's shapes: one query with ~3.6k video tokens (64 frames of 224x392 at 2 fps), 8 completions of exactly
 ``--completion_tokens`` tokens, beta 0.04 (reference forward included), gradient checkpointing, bf16. Prints seconds
@@ -13,6 +21,7 @@ per step, tokens per second and peak GPU memory, and writes them as JSON.
     python benchmarks/gpu_smoke.py --stage 7b --out /tmp/smoke
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_smoke.py --stage 7b --out /tmp/smoke \
         --deepspeed scripts/zero3.json --optim adafactor                      # one ZeRO-3 GPU
+    torchrun --standalone --nproc_per_node 1 benchmarks/gpu_smoke.py --stage recipe --out /tmp/smoke
 """
 
 from __future__ import annotations
@@ -286,9 +295,117 @@ def stage_7b(
     }
 
 
+def stage_recipe(out: Path, completion_tokens: int, steps: int, eval_tokens: int) -> dict:
+    """The Charades recipe as written (see the module docstring), then a static-decode evaluation of its checkpoint."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from transformers import AutoConfig
+
+    from open_r1.configs import EvalArguments
+    from open_r1.evaluation import run_evaluation
+    from open_r1.grpo_video import cli
+    from open_r1.modeling import ASSETS_DIR
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bound import step_phases
+
+    settings = VideoSettings(fps=2.0)
+    annotations = write_dataset(out, settings, num_videos=4, num_frames=64, height=224, width=392)
+    model_dir = build_random_7b(out / "random_7b")
+    checkpoint = out / "recipe_run"
+    timer, phases = StepTimer(), PhaseTimes()
+    torch._dynamo.reset()
+    counters.clear()
+    torch.cuda.reset_peak_memory_stats()
+    argv = [
+        "--config", str(REPO / "recipes" / "charades" / "grpo_qwen2_5_vl_7b.yaml"),
+        "--deepspeed", str(REPO / "scripts" / "zero3_offload.json"),
+        "--model_name_or_path", str(model_dir),
+        "--annotation_file", str(annotations),
+        "--cache_dir", str(out / "cache"),
+        "--output_dir", str(checkpoint),
+        "--max_steps", str(steps),
+        "--max_completion_length", str(completion_tokens),
+        "--decode", "static",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--log_completions", "false",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    import open_r1.grpo_video as entry
+
+    real_main = entry.main
+
+    def main_with_callbacks(script_args, training_args, model_args, callbacks=None):
+        # Every completion exactly `completion_tokens` long: fixed work per step.
+        training_args.generation_kwargs = {
+            **(training_args.generation_kwargs or {}),
+            "min_new_tokens": completion_tokens,
+        }
+        return real_main(script_args, training_args, model_args, callbacks=[timer.callback, phases.callback()])
+
+    entry.main = main_with_callbacks
+    try:
+        trainer = cli(argv)
+    finally:
+        entry.main = real_main
+    train_seconds = time.perf_counter() - started
+    train_graphs = counters["stats"]["unique_graphs"]
+    train_peak = torch.cuda.max_memory_allocated() / 2**30
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    kernel = model.model.language_model.config._attn_implementation
+    decoder = trainer._static_decoder
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "attn_implementation": kernel,
+        "bf16": trainer.args.bf16,
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+        "deepspeed_zero_stage": trainer.model_wrapped.zero_optimization_stage()
+        if trainer.is_deepspeed_enabled
+        else None,
+        "step_seconds": [round(s, 2) for s in timer.seconds],
+        "last_step_phases": phases.last,
+        "train_compiled_graphs": train_graphs,
+        "train_decode_shapes": decoder.shapes if decoder else None,
+        "train_decode_compiled": bool(decoder and decoder.compile),
+        "train_peak_gpu_memory_gib": round(train_peak, 1),
+        "train_seconds_with_loading": round(train_seconds, 1),
+    }
+    config = AutoConfig.from_pretrained(ASSETS_DIR)
+    bound = step_phases(config, completions=8, completion_tokens=completion_tokens)
+    bound.pop("packed_dense_over_useful_scores")
+    result["bound_seconds"] = {name: round(values["bound_s"], 4) for name, values in bound.items()}
+    del trainer, model
+    torch.cuda.empty_cache()
+
+    # Evaluation of the saved checkpoint (the training entry point saves at the end), static decode.
+    torch._dynamo.reset()
+    counters.clear()
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    metrics = run_evaluation(EvalArguments(
+        model_base=str(checkpoint), annotation_file=str(annotations), cache_dir=str(out / "cache"),
+        output_dir=str(out / "recipe_eval"), max_new_tokens=eval_tokens, decode="static", overwrite=True,
+    ))  # fmt: skip
+    result.update(
+        eval_seconds=round(time.perf_counter() - started, 1),
+        eval_num_queries=metrics["num_queries"],
+        eval_generation_errors=metrics["failures"].get("generation_error", 0),
+        eval_compiled_graphs=counters["stats"]["unique_graphs"],
+        eval_peak_gpu_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
+    )
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    print(f"{'phase':<16}{'seconds':>10}{'bound s':>10}{'ratio':>8}")
+    for name, bound_s in result["bound_seconds"].items():
+        seen = (phases.last.get(name) or {}).get("seconds")
+        ratio = f"{seen / bound_s:.1f}x" if seen and bound_s else ""
+        print(f"{name:<16}{seen if seen is not None else '':>10}{bound_s:>10.3f}{ratio:>8}")
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=["tiny", "7b"], required=True)
+    parser.add_argument("--stage", choices=["tiny", "7b", "recipe"], required=True)
     parser.add_argument("--out", required=True, help="Scratch folder (the 7b stage writes ~17 GB of weights).")
     parser.add_argument("--completion_tokens", type=int, default=200)
     parser.add_argument("--steps", type=int, default=2, help="7b: GRPO steps; the last one is reported.")
@@ -303,6 +420,7 @@ def main() -> int:
     parser.add_argument(
         "--shared_work", default="true", choices=["true", "false"], help="7b: one vision pass per distinct video."
     )
+    parser.add_argument("--eval_tokens", type=int, default=64, help="recipe: max_new_tokens of the evaluation.")
     parser.add_argument("--json", default=None, help="Append the result as one JSON line to this file.")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -312,6 +430,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.stage == "tiny":
         result = {"stage": "tiny", **stage_tiny(out / "tiny")}
+    elif args.stage == "recipe":
+        result = {"stage": "recipe", **stage_recipe(out / "7b", args.completion_tokens, args.steps, args.eval_tokens)}
     else:
         result = {
             "stage": "7b",

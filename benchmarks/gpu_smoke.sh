@@ -6,8 +6,13 @@
 # WHEELS_DIR: a folder of wheels for the project's other dependencies (trl, accelerate, datasets, dill, multiprocess,
 # transformers>=5.24, tokenizers, and deepspeed + hjson + pydantic for --deepspeed); they are installed with
 # --no-index --no-deps into $SMOKE_SITE. Missing modules are listed and the script stops before any GPU work.
-# Stages (SMOKE_STAGES, default "tiny 7b"):
+# Stages (SMOKE_STAGES, default "tiny recipe"):
 #   tiny  the pipeline on CUDA in bf16 + sdpa: cached clips -> tiny Qwen2.5-VL -> 4 GRPO steps -> evaluation
+#   recipe the shipped Charades recipe as written (flash_attention_2 where flash-attn is installed, else sdpa with a
+#         warning; bf16, ZeRO-3 offload, accumulation 2, whole groups) plus --decode static, at the 7B shapes on
+#         random weights, then a static-decode evaluation of the checkpoint; prints per-phase seconds against
+#         bound.py's bound, the kernel that ran, dynamo's compiled graphs, decode shapes and peak memory
+#         (SMOKE_STEPS, default 2; needs deepspeed among the wheels, ~17 GB + a 15 GB checkpoint in SMOKE_OUT)
 #   7b    GRPO steps of the real 7B architecture (random weights) at the paper's shapes: ~3.6k video tokens,
 #         8 completions of 200 tokens; prints seconds/step, tokens/s and peak GPU memory
 #         SMOKE_DEEPSPEED=scripts/zero3.json SMOKE_OPTIM=adafactor runs it under ZeRO-3 on one GPU (torchrun; AdamW's
@@ -23,7 +28,7 @@ PY="${PYTHON:-python3}"
 WHEELS_DIR="${1:-${WHEELS_DIR:-}}"
 SMOKE_SITE="${SMOKE_SITE:-/tmp/timezero_site}"
 SMOKE_OUT="${SMOKE_OUT:-/tmp/timezero_smoke}"
-SMOKE_STAGES="${SMOKE_STAGES:-tiny 7b}"
+SMOKE_STAGES="${SMOKE_STAGES:-tiny recipe}"
 
 fail() { echo "gpu_smoke: $*" >&2; exit 1; }
 
@@ -40,7 +45,7 @@ export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
 NEEDED="trl accelerate datasets dill multiprocess safetensors tokenizers yaml"
-[[ -n "${SMOKE_DEEPSPEED:-}" ]] && NEEDED="$NEEDED deepspeed"
+[[ -n "${SMOKE_DEEPSPEED:-}" || " $SMOKE_STAGES " == *" recipe "* ]] && NEEDED="$NEEDED deepspeed"
 "$PY" - $NEEDED <<'PY' || fail "missing modules (put their wheels in WHEELS_DIR)"
 import importlib, sys
 from packaging.version import Version
@@ -64,6 +69,10 @@ for stage in $SMOKE_STAGES; do
     echo "== stage $stage"
     launch=("$PY")
     extra=()
+    if [[ "$stage" == recipe ]]; then
+        launch=("$PY" -m torch.distributed.run --standalone --nproc_per_node 1)  # the recipe runs under DeepSpeed
+        extra=(--steps "${SMOKE_STEPS:-2}")
+    fi
     if [[ "$stage" == 7b && -n "${SMOKE_DEEPSPEED:-}" ]]; then
         # DeepSpeed wants a launched process group, even for one GPU.
         launch=("$PY" -m torch.distributed.run --standalone --nproc_per_node 1)

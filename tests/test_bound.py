@@ -84,3 +84,24 @@ def test_evaluation_counts_and_bound():
     # 2 batches x 5 decode steps, each reading every weight once; the tower runs once per video.
     assert phases["decode"]["bytes"] > 10 * bound.text_weight_bytes(config.text_config)
     assert phases["vision"]["flops"] == 2 * bound.vision_forward_flops(config.vision_config, (t, h, w))
+
+
+def test_decode_shapes_of_real_runs_stay_within_the_compiled_budget():
+    """benchmarks/decode_shapes.py on the bundled Charades-STA and ActivityNet splits: per-call cache buckets would
+    exceed dynamo's limit (8) in training; the high-water cache keeps every run within the decoder's budget (4)."""
+    import decode_shapes
+
+    from open_r1.decoding import StaticDecoder, recompile_limit
+
+    results = decode_shapes.main(["--orders", "3"])
+    budget = StaticDecoder("cpu", backend="eager").max_shapes
+    assert budget == recompile_limit() // 2 == 4
+    assert results["charades"]["training on train"]["per_call"] == 7
+    assert results["activitynet"]["training on train"]["per_call"] == 12 > recompile_limit()
+    for dataset in results.values():
+        for run in dataset.values():
+            assert run["high_water_max"] <= budget, run
+    # A tiny synthetic check of the counting itself: three calls needing 4,200, 1,000 and 4,700 tokens.
+    calls = [(8, 4200), (8, 1000), (8, 4700)]
+    assert decode_shapes.shapes_of(calls, high_water=False) == {(8, 4608): 1, (8, 1024): 1, (8, 5120): 1}
+    assert decode_shapes.shapes_of(calls, high_water=True) == {(8, 4608): 2, (8, 6144): 1}
