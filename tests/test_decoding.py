@@ -324,3 +324,32 @@ def test_a_rollout_copy_keeps_a_pending_gradient_with_its_master():
         # torch.compile refuses a bf16 parameter holding an fp32 gradient (seen in a compiled decode after backward)
         assert all(p.dtype == torch.bfloat16 and p.grad is None for p in model.parameters())
     assert all(p.grad is g and p.dtype == torch.float32 for p, g in zip(model.parameters(), grads, strict=True))
+
+
+def test_a_rollout_copy_is_refreshed_from_the_masters_every_rollout():
+    """Two rollouts with an optimizer update between: the second decodes with the updated weights (a copy filled only
+    when first allocated would sample from the initial weights for the whole run: off-policy, silently)."""
+    model = torch.nn.Linear(4, 4)
+    weights = decoding.RolloutWeights(model)
+    with weights:
+        assert torch.equal(model.weight, model.weight.detach())  # entered: the bf16 copy
+        address = model.weight.data_ptr()
+    with torch.no_grad():
+        model.weight.add_(0.5)  # the update between rollouts, on the fp32 master
+    updated = model.weight.detach().clone()
+    with weights:
+        assert model.weight.data_ptr() == address  # the same copy, refreshed in place
+        assert torch.equal(model.weight, updated.to(torch.bfloat16))
+
+
+@pytest.mark.slow
+def test_the_static_cache_holds_the_prompt_and_every_new_token(tiny_path, tmp_path, monkeypatch):  # noqa: F811
+    """The cache is asked for prompt + max_new_tokens (with 1-token buckets the length shows it exactly): sized for the
+    new tokens only, the paper's 3.7k-token prompts would not fit their own prefill."""
+    monkeypatch.setattr(decoding, "CACHE_LENGTH_BUCKET", 1)
+    rows = [dict(row) for row in dataset(num_rows=1) for _ in range(4)]
+    trainer = with_decode(perturbed_trainer(tiny_path, tmp_path / "static", True, max_completion_length=7), "static")
+    trainer.decode_compile_backend = "eager"
+    out = rollout(trainer, rows)
+    cache = trainer._static_decoder.cache
+    assert cache.layers[0].max_cache_len == out["prompt_ids"].size(1) + 7

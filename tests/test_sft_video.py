@@ -49,6 +49,9 @@ def test_collator_labels_only_the_answer_in_the_grpo_layout(setup):
     from open_r1.data import load_annotations
 
     rows = load_annotations(annotations)[:3]
+    # One answer longer than the others (two-digit times), so the shorter ones are padded on the right: padding must
+    # never be labelled.
+    rows[0] = {**rows[0], "windows": [[10.5, 12.25]], "duration": 13.0}
     features = list(build_dataset(rows, script_args))
     processor = load_processor(model_dir)
     source = VideoSource(script_args.to_settings(), video_dir=str(video_dir))
@@ -70,6 +73,9 @@ def test_collator_labels_only_the_answer_in_the_grpo_layout(setup):
         assert text == build_answer(start, end) + "<|im_end|>"
         assert feature["answer"] == build_answer(start, end)
         assert torch.equal(batch["attention_mask"][row][width:].bool(), labelled[width:])
+    padded = batch["attention_mask"][:, width:] == 0
+    assert padded[1:].any(dim=1).all() and not padded[0].any()  # the shorter answers are padded
+    assert (batch["labels"][:, width:][padded] == -100).all()
 
 
 @pytest.mark.slow
