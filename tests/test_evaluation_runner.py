@@ -462,3 +462,80 @@ def test_batch_size_picked_for_the_device():
     assert ev.device_batch_size(None, torch.device("cpu"), args) == 8
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         EvalArguments(model_base="m", annotation_file="a.json", video_dir="v", batch_size=-1)
+
+
+def test_an_evaluation_whose_every_generation_fails_exits_non_zero(setup, tmp_path):
+    """`python evaluate.py` end to end, with generate failing for every batch (as a checkpoint with a broken vocabulary
+    or a device error does): the one-by-one retries fail too, metrics.json is written, and the command exits 1 naming
+    the cause, instead of printing an all-zero table and exiting 0."""
+    code = (
+        "import sys, transformers\n"
+        "def broken(self, *args, **kwargs):\n"
+        "    raise RuntimeError('device-side assert triggered')\n"
+        "transformers.GenerationMixin.generate = broken\n"
+        "from open_r1.evaluate import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    out = tmp_path / "all_failed"
+    flags = [
+        "--model_base", setup["model"], "--annotation_file", setup["annotation"], "--video_dir", setup["video_dir"],
+        "--output_dir", str(out), "--batch_size", "4", "--max_new_tokens", "4", "--allow_missing_videos", "true",
+        *[f"--{k}={v}" for k, v in TINY_VIDEO.items()],
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", code, *flags], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "every one of the 6 queries that reached the model failed to generate" in result.stderr
+    assert "device-side assert triggered" in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["failures"]["generation_error"] == 6 and metrics["num_queries"] == NUM_QUERIES
+
+
+def test_features_carried_across_batches_stay_with_their_videos(setup):
+    """A batch that starts with a video carried from the previous batch and then holds two new videos (GPU batches of
+    up to 64 queries sorted by video make this layout): every row gets its own video's features. Keyed by the batch's
+    video ids instead of the new rows', the features would shift onto the wrong queries."""
+    import torch
+
+    from open_r1.modeling import encode_batch, per_row_patches, video_features_once
+    from open_r1.prompts import build_conversation
+    from open_r1.video import VideoSource
+
+    args = make_args(setup, "carried")
+    generator = ev.BatchGenerator(args, torch.device("cpu"))
+    source = VideoSource(args.to_settings(), video_dir=setup["video_dir"])
+    clips = {v: source.get(v) for v in ("synth_000", "synth_001", "synth_002")}
+    seen = []
+    real = generator.model.generate
+
+    def recording(**kwargs):
+        seen.append(list(kwargs["mm_encoder_outputs"]["video"].pooler_output))
+        return real(**kwargs)
+
+    generator.model.generate = recording
+
+    def query(video_id):
+        return {"video_id": video_id, "query": "the red square appears."}
+
+    generator([query("synth_000")], [clips["synth_000"]])
+    batch = ["synth_000", "synth_001", "synth_001", "synth_002", "synth_002"]  # carried | new, new, other, other
+    generator([query(v) for v in batch], [clips[v] for v in batch])
+
+    own = {}
+    for video_id, clip in clips.items():
+        encoded = encode_batch(generator.processor, [build_conversation("the red square appears.")], [clip])
+        patches = per_row_patches(encoded["pixel_values_videos"], encoded["video_grid_thw"])
+        with torch.inference_mode():
+            own[video_id] = video_features_once(generator.model, patches, encoded["video_grid_thw"], "cpu")[0]
+    assert not torch.allclose(own["synth_001"], own["synth_002"])  # the videos are told apart
+    assert len(seen[-1]) == len(batch)
+    for video_id, features in zip(batch, seen[-1], strict=True):
+        torch.testing.assert_close(features, own[video_id], atol=1e-5, rtol=1e-5, msg=video_id)
+
+
+def test_batches_of_three_answer_as_batches_of_four(setup, full_run):
+    """Batches of 3 cut the videos' query pairs differently (carried videos at batch starts); the answers are the full
+    run's (batches of 4), which the one-query-per-batch run above matches too."""
+    metrics = ev.run_evaluation(make_args(setup, "batches_of_3", batch_size=3))
+    outputs = {r["query_id"]: r["output"] for r in lines(Path(metrics["output_dir"]) / "predictions.jsonl")}
+    assert outputs == eager_outputs(full_run)
