@@ -338,7 +338,7 @@ def test_data_selection_shards_over_two_processes_and_resumes(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(REPO / "tests" / "_dist_select.py"), "--model_name_or_path", str(model),
         "--annotation_file", str(annotations), "--video_dir", str(video_dir), "--output_dir", str(out),
-        "--use_cpu", "true", *flags,
+        "--use_cpu", "true", *flags, "--reward_funcs", "low_token", "query_number",
     ]  # fmt: skip
     for _ in range(2):
         result = run_in_group(cmd, TRAIN_TIMEOUT_S, cwd=REPO, env=env)
@@ -348,6 +348,10 @@ def test_data_selection_shards_over_two_processes_and_resumes(tmp_path):
         assert sorted(ranks) == ["scores.rank0.jsonl", "scores.rank1.jsonl"]
         assert [len(ids) for ids in ranks.values()] == [3, 2]  # queries 0, 2, 4 and 1, 3
         assert sorted(sum(ranks.values(), [])) == sorted(f"synth_{i:03d}#0" for i in range(5)), ranks
+        for path in out.glob("scores.rank*.jsonl"):  # each query's rewards are its own, not another rank's rows
+            for score in map(json.loads, path.read_text().splitlines()):
+                number = float(score["query_id"].split("_")[1].split("#")[0])
+                assert score["rewards"]["query_number_reward"] == [number] * 4, score
         report = json.loads((out / "selection_report.json").read_text())
         assert report["counts"]["queries"] == 5
         assert sum(report["counts"][k] for k in ("kept", "equal_rewards", "low_std", "solved")) == 5

@@ -128,3 +128,50 @@ def test_a_process_holding_part_of_a_group_scores_one_query_per_rollout(setup, b
     cli(common_args(setup, out, *args, "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"))
     assert calls == [8] * len(rows)
     assert {s["query_id"] for s in score_lines(out)} == {row["query_id"] for row in rows}
+
+
+class StandInTrainer:
+    """What score_queries uses of a trainer, for rank ``rank`` of ``world``: each rollout's gathered rewards hold every
+    rank's rows in rank order (as TRL gathers them); this rank's rows score ``query number + sample / 10``, the other
+    ranks' rows -1, so a query that records another rank's rewards shows it."""
+
+    def __init__(self, rank: int, world: int, per_device: int, generations: int):
+        import types
+
+        self.accelerator = types.SimpleNamespace(process_index=rank, num_processes=world, is_main_process=rank == 0)
+        self.args = types.SimpleNamespace(per_device_train_batch_size=per_device)
+        self.num_generations = generations
+        self.reward_func_names = ["iou_reward"]
+        self.model = types.SimpleNamespace(train=lambda: None)
+        self.rollouts = 0
+
+    def _generate_and_score_completions(self, inputs):
+        import torch
+
+        self.rollouts += 1
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        total = [-1.0] * (world * len(inputs))
+        for index, row in enumerate(inputs):
+            total[rank * len(inputs) + index] = (
+                int(row["query_id"].split("_")[1]) + (index % self.num_generations) / 10
+            )
+        rewards = torch.tensor(total).view(-1, 1)
+        self.last_rollout = {"rewards_per_func": rewards, "total": rewards[:, 0], "spans": [None] * len(total)}
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_rank_records_its_own_rewards_and_scores_its_last_partial_rollout(tmp_path, rank):
+    """5 queries over 2 ranks, 2 queries per rollout (8 rows of groups of 4): rank 0 scores 3 queries, rank 1 2, each
+    with its own 4 rewards, the last rollout partial (rank 0: 2 + 1 padded; rank 1: 2 + none, padded twice)."""
+    from open_r1.select_data import score_queries
+
+    rows = [{"query_id": f"q_{i}", "video_id": f"v{i}"} for i in range(5)]
+    trainer = StandInTrainer(rank, world=2, per_device=8, generations=4)
+    score_queries(trainer, rows, rows, tmp_path, done=set())
+    scores = score_lines(tmp_path)
+    mine = [f"q_{i}" for i in range(rank, 5, 2)]
+    assert [s["query_id"] for s in scores] == mine  # every query of this rank, the last partial rollout's too
+    for score in scores:
+        number = int(score["query_id"].split("_")[1])
+        assert score["total"] == [number + k / 10 for k in range(4)], score  # its own rewards, not another rank's
+    assert trainer.rollouts == 2  # ranks make the same number of rollouts (the rewards are gathered)
