@@ -54,7 +54,8 @@ def test_equal_rewards_are_dropped_differing_kept_and_the_report_matches_the_fil
     assert scores[first]["rewards"]["by_query_reward"] == [0.5] * 8 and scores[first]["reward_std"] == 0.0
     assert all(len(s["total"]) == 8 for s in scores.values())
     counts = report["counts"]
-    assert counts == {"queries": len(rows), "kept": len(rows) - 1, "equal_rewards": 1, "low_std": 0, "solved": 0}
+    assert counts == {"queries": len(rows), "kept": len(rows) - 1, "unscored": 0, "equal_rewards": 1, "low_std": 0,
+                      "solved": 0}  # fmt: skip
     assert report == json.loads((out / REPORT_FILE).read_text())
     # The filtered file is a valid annotation file holding exactly the kept queries.
     kept = load_annotations(out / SELECTED_FILE)
@@ -175,3 +176,51 @@ def test_each_rank_records_its_own_rewards_and_scores_its_last_partial_rollout(t
         number = int(score["query_id"].split("_")[1])
         assert score["total"] == [number + k / 10 for k in range(4)], score  # its own rewards, not another rank's
     assert trainer.rollouts == 2  # ranks make the same number of rollouts (the rewards are gathered)
+
+
+# Every setting that changes what a query's samples are: a resume must not mix scores sampled another way.
+SAMPLING_SETTINGS = ("model", "annotation_file", "dataset", "split", "num_generations", "temperature", "top_k",
+                     "top_p", "min_p", "repetition_penalty", "max_completion_length", "reward_funcs", "reward_weights",
+                     "no_think", "video_first", "video", "position_layout")  # fmt: skip
+
+
+@pytest.mark.parametrize("setting", SAMPLING_SETTINGS)
+def test_a_resume_refuses_every_setting_that_changes_the_samples(tmp_path, setting):
+    from open_r1.select_data import CONFIG_FILE, check_config
+
+    config = {key: f"{key} before" for key in SAMPLING_SETTINGS} | {"seed": 1}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    check_config(tmp_path, {**config, "seed": 2}, overwrite=False)  # another seed: the same distribution, resumed
+    with pytest.raises(ValueError, match=f"{setting}: '{setting} before' -> 'changed'"):
+        check_config(tmp_path, {**config, setting: "changed"}, overwrite=False)
+
+
+def test_decision_boundaries():
+    # A mean IoU exactly at --max_mean_iou is not "solved"; a std exactly at --min_reward_std is kept.
+    assert decide({"reward_std": 0.2, "mean_iou": 0.8}, 0.0, 0.8) == "kept"
+    assert decide({"reward_std": 0.2, "mean_iou": 0.8 + 1e-9}, 0.0, 0.8) == "solved"
+    assert decide({"reward_std": 0.2, "mean_iou": 0.5}, 0.2, 1.0) == "kept"
+    assert decide({"reward_std": 0.2 - 1e-9, "mean_iou": 0.5}, 0.2, 1.0) == "low_std"
+    # Equal rewards by TRL's tolerance (isclose to 0: 1e-8), not by a looser one: a spread of 1e-6 is a signal.
+    assert decide({"reward_std": 1e-8, "mean_iou": 0.5}, 0.0, 1.0) == "equal_rewards"
+    assert decide({"reward_std": 1e-6, "mean_iou": 0.5}, 0.0, 1.0) == "kept"
+
+
+def test_a_query_no_reward_scored_is_dropped_as_unscored(tmp_path):
+    """Every reward returned None for its samples (a reward meant for another dataset): its std is null, not 0 (it is
+    not "all rewards equal"), the JSON stays valid, and the selection drops it as unscored."""
+    import math
+
+    from open_r1.select_data import query_score
+
+    row = {"query_id": "a#0", "video_id": "a", "duration": 5.0, "windows": [[1.0, 2.0]], "raw_query": "x"}
+    score = query_score(row, {"iou_reward": [math.nan] * 4}, [math.nan] * 4, [None] * 4)
+    assert score["reward_std"] is None and score["reward_mean"] is None
+    json.loads(json.dumps(score, allow_nan=False))
+    assert decide(score, 0.0, 1.0) == "unscored"
+    other = {**row, "query_id": "b#0"}
+    scores = {"a#0": score, "b#0": query_score(other, {"iou_reward": [0.1, 0.2, 0.3, 0.4]}, [0.1, 0.2, 0.3, 0.4],
+                                               [None] * 4)}  # fmt: skip
+    report = write_selection([row, other], scores, SelectionArguments(), tmp_path, {})
+    assert report["counts"]["unscored"] == 1 and report["kept_query_ids"] == ["b#0"]
+    assert report["signal"]["zero_std_share"] == 0.0  # over the scored query only

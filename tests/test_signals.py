@@ -6,7 +6,7 @@ from statistics import mean, stdev
 import pytest
 import torch
 
-from open_r1.signals import group_reward_stats, rollout_signals, span_spread
+from open_r1.signals import group_reward_stats, is_zero_std, rollout_signals, span_spread
 
 
 def test_group_std_is_the_within_group_sample_std_not_the_batch_std():
@@ -49,3 +49,26 @@ def test_span_signals_average_over_groups_with_two_parsed_answers():
     assert signals["span_spread"] == pytest.approx((0.0 + 1.0) / 2)
     assert signals["span_parsed"] == pytest.approx(4 / 12)
     assert math.isnan(rollout_signals(torch.zeros(4), [None] * 4, 4)["span_spread"])
+
+
+@pytest.mark.parametrize("spread", [0.0, 5e-9, 1e-8, 2e-8, 1e-6, 1e-4])
+def test_zero_spread_is_trls_isclose(spread):
+    """A group's rewards spread by ``spread``: counted as zero-spread exactly when TRL's ``torch.isclose(std, 0)`` says
+    so (absolute tolerance 1e-8), the boundary between 1e-8 and 1e-4 included."""
+    rewards = torch.tensor([0.5, 0.5 + spread, 0.5, 0.5 + spread], dtype=torch.float64)
+    std = rewards.std()
+    expected = bool(torch.isclose(std, torch.zeros_like(std)))
+    assert bool(is_zero_std(std)) == expected
+    assert rollout_signals(rewards, [None] * 4, 4)["zero_std_share"] == float(expected)
+
+
+def test_a_group_no_reward_scored_is_left_out_not_counted_as_equal():
+    """A group whose every completion has no reward (NaN total): NaN statistics, left out of the rollout's numbers,
+    rather than a spread of 0 that would count it as a group of equal rewards."""
+    rewards = torch.tensor([math.nan] * 4 + [0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    mean, std = group_reward_stats(rewards, 4)
+    assert math.isnan(mean[0]) and math.isnan(std[0]) and not math.isnan(std[1])
+    signals = rollout_signals(rewards, [None] * 8, 4)
+    assert signals["zero_std_share"] == 0.0
+    assert signals["group_reward_std"] == pytest.approx(stdev([0.1, 0.2, 0.3, 0.4]))
+    assert math.isnan(rollout_signals(rewards[:4], [None] * 4, 4)["zero_std_share"])

@@ -23,8 +23,10 @@ A query is kept when its total rewards differ (standard deviation not close to 0
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -43,7 +45,8 @@ REPORT_FILE = "selection_report.json"
 CONFIG_FILE = "selection_config.json"
 # What makes two scoring runs comparable: a resumed run must sample the same way from the same checkpoint.
 CONFIG_KEYS = ("model", "annotation_file", "dataset", "split", "num_generations", "temperature", "top_k", "top_p",
-               "max_completion_length", "reward_funcs", "reward_weights", "no_think", "video_first")  # fmt: skip
+               "min_p", "repetition_penalty", "max_completion_length", "reward_funcs", "reward_weights", "no_think",
+               "video_first", "video", "position_layout")  # fmt: skip
 
 
 @dataclass
@@ -71,9 +74,12 @@ class SelectionArguments:
 
 
 def decide(score: dict, min_reward_std: float, max_mean_iou: float) -> str:
-    """``"kept"`` or why the query is dropped: ``"equal_rewards"``, ``"low_std"`` or ``"solved"``."""
+    """``"kept"`` or why the query is dropped: ``"unscored"`` (no reward scored any sample), ``"equal_rewards"``,
+    ``"low_std"`` or ``"solved"``."""
     from open_r1.signals import is_zero_std
 
+    if score["reward_std"] is None:
+        return "unscored"
     if is_zero_std(score["reward_std"]):
         return "equal_rewards"
     if score["reward_std"] < min_reward_std:
@@ -90,14 +96,19 @@ def query_score(row: dict, rewards: dict[str, list[float]], total: list[float], 
     from open_r1.signals import group_reward_stats, span_spread
 
     mean, std = group_reward_stats(torch.tensor(total, dtype=torch.float64), len(total))
-    iou = rewards.get("iou_reward")
+    iou = [v for v in rewards.get("iou_reward") or [] if not math.isnan(v)]
+
+    def value(v):  # a sample no reward scored is null in the JSON (NaN is not JSON)
+        return None if math.isnan(v) else round(v, 6)
+
     return {
         "query_id": row["query_id"],
         "video_id": row["video_id"],
-        "rewards": {name: [round(v, 6) for v in values] for name, values in rewards.items()},
-        "total": [round(v, 6) for v in total],
-        "reward_mean": mean.item(),
-        "reward_std": std.item(),
+        "rewards": {name: [value(v) for v in values] for name, values in rewards.items()},
+        "total": [value(v) for v in total],
+        # None (JSON null), not NaN, when no reward scored any sample.
+        "reward_mean": None if math.isnan(mean.item()) else mean.item(),
+        "reward_std": None if math.isnan(std.item()) else std.item(),
         "mean_iou": sum(iou) / len(iou) if iou else None,
         "span_spread": span_spread(spans),
     }
@@ -125,7 +136,7 @@ def write_selection(rows: list[dict], scores: dict[str, dict], args: SelectionAr
     missing = [row["query_id"] for row in rows if row["query_id"] not in scores]
     if missing:
         raise RuntimeError(f"{len(missing)} queries have no score (e.g. {missing[0]}); run again to resume")
-    reasons = {"kept": 0, "equal_rewards": 0, "low_std": 0, "solved": 0}
+    reasons = {"kept": 0, "unscored": 0, "equal_rewards": 0, "low_std": 0, "solved": 0}
     selected: dict[str, dict] = {}
     kept_ids = []
     for row in rows:
@@ -138,15 +149,15 @@ def write_selection(rows: list[dict], scores: dict[str, dict], args: SelectionAr
         windows = [list(map(float, w)) for w in row["windows"]]
         record["timestamps"].append(windows[0] if len(windows) == 1 else windows)
         record["sentences"].append(row["raw_query"])
-    stds = [scores[row["query_id"]]["reward_std"] for row in rows]
+    stds = [std for std in (scores[row["query_id"]]["reward_std"] for row in rows) if std is not None]
     spreads = [s for s in (scores[row["query_id"]]["span_spread"] for row in rows) if s is not None]
     report = {
         "config": config,
         "thresholds": {"min_reward_std": args.min_reward_std, "max_mean_iou": args.max_mean_iou},
         "counts": {"queries": len(rows), **reasons},
         "signal": {
-            "zero_std_share": sum(map(is_zero_std, stds)) / len(stds),
-            "group_reward_std": sum(stds) / len(stds),
+            "zero_std_share": sum(map(is_zero_std, stds)) / len(stds) if stds else None,
+            "group_reward_std": sum(stds) / len(stds) if stds else None,
             "span_spread": sum(spreads) / len(spreads) if spreads else None,
         },
         "selected_file": str(output_dir / SELECTED_FILE),
@@ -251,11 +262,16 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         "temperature": training_args.temperature,
         "top_k": training_args.top_k,
         "top_p": training_args.top_p,
+        "min_p": training_args.min_p,
+        "repetition_penalty": training_args.repetition_penalty,
         "max_completion_length": training_args.max_completion_length,
         "reward_funcs": list(script_args.reward_funcs),
         "reward_weights": training_args.reward_weights,
         "no_think": script_args.no_think,
         "video_first": script_args.video_first,
+        # What the model sees of each video (frame rate, pixel budgets, frame cap) and where it places it.
+        "video": dataclasses.asdict(script_args.to_settings()),
+        "position_layout": script_args.position_layout,
         "seed": training_args.seed,
     }
     dataset = build_dataset(rows, script_args)
@@ -283,10 +299,11 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     report = write_selection(rows, read_scores(output_dir), selection_args, output_dir, config)
     counts = report["counts"]
     logger.info(
-        "kept %d of %d queries (dropped: %d equal rewards, %d below --min_reward_std, %d above --max_mean_iou); "
-        "zero-spread share %.3f, mean within-query reward std %.3f -> %s",
-        counts["kept"], counts["queries"], counts["equal_rewards"], counts["low_std"], counts["solved"],
-        report["signal"]["zero_std_share"], report["signal"]["group_reward_std"], report["selected_file"],
+        "kept %d of %d queries (dropped: %d unscored, %d equal rewards, %d below --min_reward_std, %d above "
+        "--max_mean_iou); zero-spread share %s, mean within-query reward std %s -> %s",
+        counts["kept"], counts["queries"], counts["unscored"], counts["equal_rewards"], counts["low_std"],
+        counts["solved"], report["signal"]["zero_std_share"], report["signal"]["group_reward_std"],
+        report["selected_file"],
     )  # fmt: skip
     return report
 

@@ -5,7 +5,8 @@ equal rewards is 0 for every completion, so such a group adds nothing but the KL
 how much of a step carries signal (the trainer logs them each step; ``open_r1.select_data`` records them per query):
 
 - ``zero_std_share``: the share of groups whose total rewards are all equal (TRL logs the same number per row as
-  ``frac_reward_zero_std``);
+  ``frac_reward_zero_std``); a group that no reward scored (every reward None) is left out of this and the next
+  number, and a rollout with no scored group gives NaN (not logged);
 - ``group_reward_std``: the mean over groups of the within-group standard deviation of the total reward (Bessel's
   correction, as TRL's advantage uses); TRL's ``reward_std`` is the standard deviation over the whole batch instead,
   which stays high when every group is constant but the groups differ from each other;
@@ -47,7 +48,10 @@ def group_reward_stats(rewards: torch.Tensor, num_generations: int) -> tuple[tor
     squares = torch.where(valid, (grouped - mean[:, None]) ** 2, torch.zeros_like(grouped)).sum(dim=1)
     std = torch.sqrt(squares / (count - 1).clamp(min=1))
     std = torch.where(count > 1, std, torch.zeros_like(std))
+    # A group no reward scored has no mean and no spread (NaN), rather than a spread of 0 that would count it as
+    # "all rewards equal".
     mean = torch.where(count > 0, mean, torch.full_like(mean, math.nan))
+    std = torch.where(count > 0, std, torch.full_like(std, math.nan))
     return mean, std
 
 
@@ -68,12 +72,14 @@ def rollout_signals(rewards: torch.Tensor, spans: Sequence[Span | None], num_gen
     if len(spans) != rewards.numel():
         raise ValueError(f"{len(spans)} spans for {rewards.numel()} rewards")
     _, std = group_reward_stats(rewards, num_generations)
+    scored = ~torch.isnan(std)  # groups with at least one scored completion; the others have no signal to measure
+    std = std[scored]
     zero = is_zero_std(std)
     spreads = [span_spread(spans[i : i + num_generations]) for i in range(0, len(spans), num_generations)]
     spreads = [value for value in spreads if value is not None]
     return {
-        "zero_std_share": zero.double().mean().item(),
-        "group_reward_std": std.mean().item(),
+        "zero_std_share": zero.double().mean().item() if std.numel() else math.nan,
+        "group_reward_std": std.mean().item() if std.numel() else math.nan,
         "span_spread": sum(spreads) / len(spreads) if spreads else math.nan,
         "span_parsed": sum(span is not None for span in spans) / max(len(spans), 1),
     }
