@@ -539,3 +539,22 @@ def test_batches_of_three_answer_as_batches_of_four(setup, full_run):
     metrics = ev.run_evaluation(make_args(setup, "batches_of_3", batch_size=3))
     outputs = {r["query_id"]: r["output"] for r in lines(Path(metrics["output_dir"]) / "predictions.jsonl")}
     assert outputs == eager_outputs(full_run)
+
+
+def test_the_gpu_batch_size_is_picked_from_free_memory(monkeypatch):
+    """--batch_size 0 on a GPU: the rows whose bf16 KV caches (video tokens + 128 prompt tokens + max_new_tokens each)
+    fill half of the free memory that torch.cuda reports (faked here), capped at 64."""
+    import types
+
+    import torch
+    from transformers import AutoConfig
+
+    from open_r1.modeling import ASSETS_DIR
+
+    model = types.SimpleNamespace(config=AutoConfig.from_pretrained(ASSETS_DIR))
+    args = EvalArguments(model_base="m", annotation_file="a.json", video_dir="v")
+    row_bytes = (3584 + 128 + 1024) * 57_344  # the paper's video tokens, the prompt text, a 1024-token answer
+    for free, expected in ((16 * 2**30, int(0.5 * 16 * 2**30 // row_bytes)), (200 * 2**30, 64), (2**28, 1)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (free, 2 * free))
+        assert ev.device_batch_size(model, torch.device("cuda"), args) == expected
+    assert expected == 1 and int(0.5 * 16 * 2**30 // row_bytes) == 31

@@ -158,6 +158,11 @@ def test_a_complete_checkpoint_passes(checkpoint):
             ),
             "model.embed_tokens.weight is [2112, 64], but config.json says vocab_size 999",
         ),
+        (lambda c: (c / "config.json").write_text("{}"), "gives no vocab_size, hidden_size, num_hidden_layers"),
+        (
+            lambda c: (c / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"})),
+            "would build a default-size model",
+        ),
     ],
 )
 def test_a_damaged_checkpoint_is_named_before_loading(checkpoint, damage, named):
@@ -192,3 +197,12 @@ def test_evaluation_fails_when_no_query_could_be_generated(tmp_path):
     with pytest.raises(RuntimeError, match="every one of the 2 queries .*tokenizer files missing"):
         check_generation_worked(all_failed, "ckpt")
     check_generation_worked({**all_failed, "failures": {"generation_error": 1, "missing_video": 1}}, "ckpt")
+
+
+def test_two_checkpoint_problems_are_named_together(checkpoint):
+    """No weights and no tokenizer: both in the one message, each naming the folder (not the first one, then the
+    other on the next try)."""
+    (checkpoint / "model.safetensors").unlink()
+    (checkpoint / "tokenizer.json").unlink()
+    problem = model_problem(checkpoint)
+    assert "no weights in" in problem and "no tokenizer in" in problem and problem.count(str(checkpoint)) >= 2

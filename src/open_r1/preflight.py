@@ -153,6 +153,11 @@ def _safetensors_problem(path: Path) -> tuple[dict | None, str | None]:
     return header, None
 
 
+# The language model's sizes a checkpoint's config.json must give (the weights' shapes are checked against the first
+# two).
+MODEL_SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
 def checkpoint_problems(folder: Path) -> list[str]:
     """What is wrong with a local checkpoint folder, each naming the file: config.json readable; weights present and
     complete (safetensors headers and sizes, every shard of an index), the embedding's shape the config's vocabulary x
@@ -176,6 +181,13 @@ def checkpoint_problems(folder: Path) -> list[str]:
         weights = []
         problems.append(f"no weights in {folder.resolve()} (model.safetensors, or model.safetensors.index.json)")
     text = (config.get("text_config") or config) if isinstance(config, dict) else {}
+    if isinstance(config, dict):
+        # A config.json that is valid JSON but gives no sizes ({}, or only the model type) makes transformers build
+        # its default-size model (hidden 8192, 80 layers) and run out of memory without naming the file.
+        missing = [key for key in MODEL_SIZE_KEYS if not isinstance(text.get(key), int) or text.get(key) <= 0]
+        if missing:
+            problems.append(f"{(folder / 'config.json').resolve()} gives no {', '.join(missing)} (for the language "
+                            "model, under text_config): transformers would build a default-size model")  # fmt: skip
     for path in weights:
         header, problem = _safetensors_problem(path)
         if problem:
