@@ -260,3 +260,12 @@ def test_bundled_paths_live_inside_the_package():
             path = split_path(name, split)
             assert path.is_file() and ANNOTATIONS_DIR in path.parents
     assert "shared" not in ANNOTATIONS_DIR.parts
+
+
+def test_an_annotation_folder_is_named_as_a_folder(tmp_path):
+    from open_r1.data import load_annotations
+
+    with pytest.raises(IsADirectoryError, match=r"annotation file is a folder, not a file: .*give the \.json"):
+        load_annotations(tmp_path)  # before: "annotation file not found" for a folder that exists
+    with pytest.raises(FileNotFoundError, match="annotation file not found"):
+        load_annotations(tmp_path / "missing.json")

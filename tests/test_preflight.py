@@ -2,6 +2,7 @@
 name every problem in one message, in seconds and without a network."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -206,3 +207,36 @@ def test_two_checkpoint_problems_are_named_together(checkpoint):
     (checkpoint / "tokenizer.json").unlink()
     problem = model_problem(checkpoint)
     assert "no weights in" in problem and "no tokenizer in" in problem and problem.count(str(checkpoint)) >= 2
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--temperature", "nan"], "--temperature nan"),  # TRL's own flags too
+        (["--learning_rate", "inf"], "--learning_rate inf"),
+        (["--video_fps", "nan"], "--video_fps nan"),
+        (["--reward_weights", "1.0", "nan", "--reward_funcs", "iou", "format"], "--reward_weights [1.0, nan]"),
+    ],
+)
+def test_training_flags_refuse_nan_and_inf_by_name(tmp_path, flags, named):
+    from trl import GRPOConfig, ModelConfig
+
+    from open_r1.configs import GRPOScriptArguments
+    from open_r1.grpo_video import parse_cli
+
+    base = ["--model_name_or_path", "m", "--annotation_file", "a.json", "--video_dir", "v", "--output_dir",
+            str(tmp_path), "--use_cpu", "true", "--bf16", "false"]  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(named) + ": numeric flags must be finite numbers"):
+        parse_cli((GRPOScriptArguments, GRPOConfig, ModelConfig), base + flags)
+
+
+def test_evaluation_selection_and_preprocessing_refuse_nan():
+    from open_r1.configs import EvalArguments, VideoSettings
+    from open_r1.select_data import SelectionArguments
+
+    with pytest.raises(ValueError, match=r"--video_fps nan: numeric flags must be finite"):
+        EvalArguments(model_base="m", annotation_file="a.json", video_dir="v", video_fps=float("nan"))
+    with pytest.raises(ValueError, match=r"--min_reward_std nan: numeric flags must be finite"):
+        SelectionArguments(min_reward_std=float("nan"))  # kept every query and wrote NaN into its report before
+    with pytest.raises(ValueError, match="fps must be a positive number, got nan"):
+        VideoSettings(fps=float("nan"))  # preprocessing's flags become these settings

@@ -7,6 +7,8 @@ here; the three entry points read these defaults instead of repeating them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from open_r1.decoding import check_decode_mode, check_rollout_weights
@@ -63,6 +65,25 @@ def normalize_video_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def non_finite_flags(args) -> list[str]:
+    """The numeric fields of a dataclass of flags that hold NaN or inf (directly or inside a list), as ``--name value``."""
+    bad = []
+    for spec in dataclasses.fields(args):
+        value = getattr(args, spec.name, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            bad.append(f"--{spec.name} {value}")
+    return bad
+
+
+def check_finite(args) -> None:
+    """Refuse NaN and inf in any numeric flag, naming it: a NaN compares false with every bound, so it would pass the
+    range checks (``--video_fps nan`` failed every video; ``--min_reward_std nan`` kept every query)."""
+    bad = non_finite_flags(args)
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: numeric flags must be finite numbers")
+
+
 @dataclass(frozen=True)
 class VideoSettings:
     """How a raw video becomes model frames: sampling rate, pixel budget and frame cap."""
@@ -73,8 +94,8 @@ class VideoSettings:
     max_frames: int = DEFAULT_MAX_FRAMES
 
     def __post_init__(self):
-        if self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be a positive number, got {self.fps}")
         if self.min_pixels <= 0 or self.total_pixels < self.min_pixels:
             raise ValueError(f"need 0 < min_pixels <= total_pixels, got {self.min_pixels} and {self.total_pixels}")
         if self.max_frames < 2:
@@ -143,6 +164,7 @@ class VideoDataArguments(VideoArguments):
     )
 
     def __post_init__(self):
+        check_finite(self)
         check_decode_mode(self.decode)
         if self.position_layout not in POSITION_LAYOUTS:
             raise ValueError(

@@ -339,6 +339,9 @@ def load_annotations(
         ValueError: the file is malformed or of an unknown format (the message names the file and the record).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"annotation file is a folder, not a file: {path.resolve()} (give the .json or .txt "
+                                "file inside it)")  # fmt: skip
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {Path(path).resolve()}")
     fmt, records = _detect_and_parse(path, durations_csv)

@@ -332,7 +332,7 @@ def parse_cli(dataclass_types: tuple, argv: list[str] | None) -> tuple:
         handler.addFilter(_QuietAccumulationMismatch())
     argv = use_gloo_for_cpu_deepspeed(normalize_video_flags(list(sys.argv[1:] if argv is None else argv)))
     try:
-        return TrlParser(dataclass_types).parse_args_and_config(args=argv)
+        parsed = TrlParser(dataclass_types).parse_args_and_config(args=argv)
     except ValueError as error:
         import torch
 
@@ -342,6 +342,11 @@ def parse_cli(dataclass_types: tuple, argv: list[str] | None) -> tuple:
                 "RECIPE=recipes/demo/grpo_tiny.yaml (after `python -m open_r1.demo`), or add --bf16 false"
             ) from error
         raise
+    from open_r1.configs import check_finite
+
+    for args in parsed:  # TRL's and transformers' flags too (--temperature nan, --learning_rate inf, --beta nan)
+        check_finite(args)
+    return parsed
 
 
 def run_entry_point(dataclass_types: tuple, train, job: str, argv: list[str] | None):

@@ -67,6 +67,9 @@ class SelectionArguments:
     )
 
     def __post_init__(self):
+        from open_r1.configs import check_finite
+
+        check_finite(self)
         if self.min_reward_std < 0:
             raise ValueError(f"--min_reward_std must be at least 0, got {self.min_reward_std}")
         if not 0.0 <= self.max_mean_iou <= 1.0:
