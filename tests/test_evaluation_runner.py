@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from open_r1.configs import EvalArguments
+from open_r1.evaluation import format_table
 from open_r1.evaluation import runner as ev
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +75,10 @@ def test_end_to_end_tiny_model(full_run):
     assert metrics["failures"]["decode_error"] == 1
     # A random tiny model writes no span: the 6 real queries fail to parse and all 8 stay in the denominator.
     assert metrics["failures"]["no_answer"] == 6 and metrics["num_failed"] == 8
+    # Not one answer parsed: said loudly (a damaged checkpoint looks the same), in the log, the table and metrics.json.
+    assert metrics["warnings"] and "none of the 6 answers" in metrics["warnings"][0]
+    assert json.loads((out / "metrics.json").read_text())["warnings"] == metrics["warnings"]
+    assert "WARNING: none of the 6 answers" in format_table(metrics)
     assert metrics["R1@0.3"] == 0.0 and metrics["mIoU"] == 0.0
     records = lines(out / "predictions.jsonl")
     assert len(records) == NUM_QUERIES and len({r["query_id"] for r in records}) == NUM_QUERIES

@@ -80,6 +80,7 @@ def format_table(metrics: dict[str, Any], title: str | None = None) -> str:
         f"{metrics['num_queries']} queries; failed (IoU 0): {metrics.get('num_failed', 0)} ({failures}); "
         f"fallback parses: {metrics.get('num_fallback_parses', 0)}",
     ]
+    lines += [f"WARNING: {warning}" for warning in metrics.get("warnings", [])]
     return "\n".join(lines)
 
 

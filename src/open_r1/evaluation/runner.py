@@ -415,6 +415,24 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
             torch.distributed.destroy_process_group()
 
 
+def warn_if_nothing_parsed(metrics: dict[str, Any], model_base) -> None:
+    """Say loudly when the model generated for every query that reached it and not one answer parsed: a damaged or
+    untrained checkpoint (flipped weight bytes load fine and answer nonsense), or the wrong prompt format. It is a
+    warning, not an error (a random model is scored as a baseline); recorded under ``warnings`` before metrics.json is
+    written."""
+    failures = metrics.get("failures", {})
+    generated = (metrics["num_queries"] - failures.get("missing_video", 0) - failures.get("decode_error", 0)
+                 - failures.get("generation_error", 0))  # fmt: skip
+    if generated > 0 and failures.get("no_answer", 0) == generated:
+        message = (
+            f"none of the {generated} answers of {model_base} has a parsable span ('a to b' in <answer>): is the "
+            "checkpoint damaged or untrained, or does it expect another prompt (--no_think, --video_first)? Every "
+            "query scored 0"
+        )
+        logger.warning("%s", message)
+        metrics.setdefault("warnings", []).append(message)
+
+
 def check_generation_worked(metrics: dict[str, Any], model_base) -> None:
     """Fail when every query that reached the model failed to generate: the checkpoint (weights, tokenizer) cannot
     answer, and all-zero metrics must not end the run as a success. metrics.json is written before."""
@@ -498,6 +516,7 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> di
         metrics = compute_metrics(records)
         metrics["run"] = name
         metrics["model_base"] = str(args.model_base)
+        warn_if_nothing_parsed(metrics, args.model_base)
         write_json_atomic(output_dir / METRICS_FILE, metrics)
         plot_predictions(records, output_dir / PLOT_FILE, args.num_plot_queries)
         logger.info(

@@ -324,6 +324,13 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             local.append(span if span is not None else (math.nan, math.nan))
         spans = gather(torch.tensor(local, dtype=torch.float64, device=rewards_per_func.device).view(-1, 2)).cpu()
         spans = [None if math.isnan(start) else (start, end) for start, end in spans.tolist()]
+        if self.last_rollout is None and self.model.training and spans and all(span is None for span in spans):
+            logger.warning(
+                "no completion of the first rollout (%d) has a parsable answer ('a to b' inside <answer>): the IoU "
+                "reward is 0 for all of them. Is the checkpoint damaged or untrained for this format, or does it "
+                "expect another prompt (--no_think, --video_first)? A supervised warm start (python -m "
+                "open_r1.sft_video) teaches the format", len(spans),
+            )  # fmt: skip
         weights = self.reward_weights.to(rewards_per_func.device)
         total = (rewards_per_func * weights).nansum(dim=1)
         total[torch.isnan(rewards_per_func).all(dim=1)] = math.nan
