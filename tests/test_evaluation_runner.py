@@ -563,3 +563,31 @@ def test_the_gpu_batch_size_is_picked_from_free_memory(monkeypatch):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (free, 2 * free))
         assert ev.device_batch_size(model, torch.device("cuda"), args) == expected
     assert expected == 1 and int(0.5 * 16 * 2**30 // row_bytes) == 31
+
+
+def test_an_evaluation_on_a_folder_in_use_stops_before_the_model_loads(setup, monkeypatch):
+    """A second evaluation started on the output folder of one that is running (a live process holds its lock):
+    stopped at once naming the first, before any model is loaded or any file touched."""
+    import socket
+    import subprocess
+
+    from open_r1.run_lock import LOCK_NAME, FolderInUseError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(ev, "load_eval_model", no_model)
+    args = make_args(setup, "in_use")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = {"job": "evaluation", "pid": running.pid, "host": socket.gethostname(), "started": "then",
+                  "command": "evaluate.py"}  # fmt: skip
+        (out / LOCK_NAME).write_text(json.dumps(holder))
+        with pytest.raises(FolderInUseError, match=f"in use by another evaluation: pid {running.pid}"):
+            ev.run_evaluation(args)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
+    finally:
+        running.kill()
+        running.wait()

@@ -23,6 +23,7 @@ A query is kept when its total rewards differ (standard deviation not close to 0
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,6 +36,7 @@ from pathlib import Path
 from trl import GRPOConfig, ModelConfig
 
 from open_r1.configs import GRPOScriptArguments
+from open_r1.run_lock import folder_lock
 
 __all__ = ["SelectionArguments", "decide", "main", "read_scores", "write_selection"]
 
@@ -287,6 +289,13 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         freeze_vision_tower=True, position_layout=script_args.position_layout, shared_work=script_args.shared_work,
         whole_groups=script_args.whole_groups, decode=script_args.decode,
     )  # fmt: skip
+    accelerator = trainer.accelerator
+    # One selection per output folder: the main process holds the lock until the report is written.
+    with folder_lock(output_dir, "data selection") if accelerator.is_main_process else contextlib.nullcontext():
+        return _select(trainer, rows, dataset, output_dir, config, selection_args)
+
+
+def _select(trainer, rows, dataset, output_dir: Path, config: dict, selection_args: SelectionArguments) -> dict | None:
     accelerator = trainer.accelerator
     if accelerator.is_main_process:
         check_config(output_dir, config, selection_args.overwrite_scores)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -32,6 +33,7 @@ from open_r1.evaluation.predictions import (
     write_json_atomic,
 )
 from open_r1.jsonl import repair_tail
+from open_r1.run_lock import folder_lock
 from open_r1.video.sampling import IMAGE_FACTOR
 
 logger = logging.getLogger(__name__)
@@ -406,8 +408,12 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
             # gloo is enough: the ranks only wait for each other (a long timeout: shards can finish hours apart).
             dist.init_process_group("gloo", timeout=timedelta(hours=24))
             initialized_here = True
+    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, name)
     try:
-        metrics = _evaluate(args, queries, name, rank, world, local_rank, torch, source)
+        # One evaluation per output folder (rank 0 holds the lock for the launch): a second one would redo the work
+        # and append to the same files.
+        with folder_lock(output_dir, "evaluation") if rank == 0 else contextlib.nullcontext():
+            metrics = _evaluate(args, queries, name, rank, world, local_rank, torch, source)
         check_generation_worked(metrics, args.model_base)
         return metrics
     finally:
