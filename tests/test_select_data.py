@@ -166,7 +166,7 @@ def test_each_rank_records_its_own_rewards_and_scores_its_last_partial_rollout(t
     with its own 4 rewards, the last rollout partial (rank 0: 2 + 1 padded; rank 1: 2 + none, padded twice)."""
     from open_r1.select_data import score_queries
 
-    rows = [{"query_id": f"q_{i}", "video_id": f"v{i}"} for i in range(5)]
+    rows = [{"query_id": f"q_{i}", "video_id": f"v{i}", "windows": [[1.0, 2.0]], "duration": 5.0} for i in range(5)]
     trainer = StandInTrainer(rank, world=2, per_device=8, generations=4)
     score_queries(trainer, rows, rows, tmp_path, done=set())
     scores = score_lines(tmp_path)
@@ -224,3 +224,29 @@ def test_a_query_no_reward_scored_is_dropped_as_unscored(tmp_path):
     report = write_selection([row, other], scores, SelectionArguments(), tmp_path, {})
     assert report["counts"]["unscored"] == 1 and report["kept_query_ids"] == ["b#0"]
     assert report["signal"]["zero_std_share"] == 0.0  # over the scored query only
+
+
+@pytest.mark.slow
+def test_an_edited_annotation_file_is_scored_again_where_it_changed(setup, by_query, tmp_path):
+    """The same query ids, one query's window edited: its old score (sampled against the old window's IoU) is not
+    reused; it alone is sampled again and the report uses the new content."""
+    import shutil
+
+    _, calls = by_query
+    annotation = tmp_path / "annotations.json"
+    shutil.copy(setup[1], annotation)
+    rows = load_annotations(annotation)
+    out = tmp_path / "selection"
+    select(setup, out, "--annotation_file", str(annotation))
+    data = json.loads(annotation.read_text())
+    video = rows[-1]["video_id"]
+    data[video]["timestamps"][0] = [0.5, 1.5]
+    annotation.write_text(json.dumps(data))
+    calls.clear()
+    report = select(setup, out, "--annotation_file", str(annotation))
+    assert calls == [16]  # one rollout: the edited query (and a padding copy)
+    assert report["counts"]["queries"] == len(rows)
+    edited = [s for s in score_lines(out) if s["query_id"] == rows[-1]["query_id"]]
+    assert len(edited) == 2 and edited[0]["input"] != edited[1]["input"]  # the old line is kept, not reused
+    selected = json.loads((out / SELECTED_FILE).read_text())
+    assert selected[video]["timestamps"][0] == [0.5, 1.5]

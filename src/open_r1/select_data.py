@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -109,6 +110,7 @@ def query_score(row: dict, rewards: dict[str, list[float]], total: list[float], 
     return {
         "query_id": row["query_id"],
         "video_id": row["video_id"],
+        "input": score_input(row),
         "rewards": {name: [value(v) for v in values] for name, values in rewards.items()},
         "total": [value(v) for v in total],
         # None (JSON null), not NaN, when no reward scored any sample.
@@ -119,15 +121,27 @@ def query_score(row: dict, rewards: dict[str, list[float]], total: list[float], 
     }
 
 
-def read_scores(output_dir: Path) -> dict[str, dict]:
-    """Every query scored so far in ``output_dir`` (all ranks' files; the first line of a query counts)."""
+def score_input(row: dict) -> str:
+    """A digest of what a query's samples are computed on (its video, query text, windows and duration): a score is
+    reused only for the same content, not merely the same query id (an edited annotation file keeps its ids)."""
+    key = [row["video_id"], row.get("raw_query"), row.get("query"), row["windows"], row["duration"]]
+    return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16]
+
+
+def read_scores(output_dir: Path, rows: list[dict] | None = None) -> dict[str, dict]:
+    """Every query scored so far in ``output_dir`` (all ranks' files; the first line of a query counts). With
+    ``rows``, only scores computed on each row's current content (:func:`score_input`)."""
     from open_r1.jsonl import read_jsonl
 
+    current = None if rows is None else {row["query_id"]: score_input(row) for row in rows}
     scores: dict[str, dict] = {}
     for path in sorted(output_dir.glob("scores.rank*.jsonl")):
         for record in read_jsonl(path):
-            if isinstance(record, dict) and "query_id" in record and "reward_std" in record:
-                scores.setdefault(record["query_id"], record)
+            if not (isinstance(record, dict) and "query_id" in record and "reward_std" in record):
+                continue
+            if current is not None and record.get("input") != current.get(record["query_id"]):
+                continue
+            scores.setdefault(record["query_id"], record)
     return scores
 
 
@@ -301,14 +315,18 @@ def _select(trainer, rows, dataset, output_dir: Path, config: dict, selection_ar
         check_config(output_dir, config, selection_args.overwrite_scores)
         (output_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     accelerator.wait_for_everyone()
-    done = set(read_scores(output_dir))
+    done = set(read_scores(output_dir, rows))
+    changed = set(read_scores(output_dir)) - done
+    if changed:
+        logger.warning("%d queries changed since they were scored (e.g. %s: the annotation file was edited under the "
+                       "same ids): scored again", len(changed), sorted(changed)[0])  # fmt: skip
     logger.info("%d queries, %d already scored, %d completions each, %d processes", len(rows),
                 len(done & {r["query_id"] for r in rows}), trainer.num_generations, accelerator.num_processes)  # fmt: skip
     score_queries(trainer, rows, dataset, output_dir, done)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
-    report = write_selection(rows, read_scores(output_dir), selection_args, output_dir, config)
+    report = write_selection(rows, read_scores(output_dir, rows), selection_args, output_dir, config)
     counts = report["counts"]
     logger.info(
         "kept %d of %d queries (dropped: %d unscored, %d equal rewards, %d below --min_reward_std, %d above "
