@@ -11,4 +11,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NPROC_PER_NODE="${NPROC_PER_NODE:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
 
+# The checks that need no model, in one process before torchrun starts: a problem is one message, not a failure block
+# per worker (PREFLIGHT=0 skips them).
+if [[ "${PREFLIGHT:-1}" != "0" ]]; then
+    python "${ROOT}/evaluate.py" --preflight "$@" || exit $?
+fi
 exec torchrun --standalone --nproc_per_node "${NPROC_PER_NODE}" "${ROOT}/evaluate.py" "$@"

@@ -214,12 +214,12 @@ def test_the_bundled_warm_start_lands_where_the_walk_through_looks(tmp_path):
 
 
 def test_cpu_threads_are_one_unless_asked(monkeypatch):
-    from open_r1.demo import cpu_threads
+    from open_r1.modeling import cpu_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert cpu_threads()[0] == 1  # contention-proof, and the same numbers on a busy or an idle machine
+    assert cpu_threads("the demo")[0] == 1  # contention-proof, and the same numbers on a busy or an idle machine
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert cpu_threads() == (3, "OMP_NUM_THREADS")
+    assert cpu_threads("the demo") == (3, "OMP_NUM_THREADS")
 
 
 @pytest.mark.slow

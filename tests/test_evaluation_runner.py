@@ -591,3 +591,77 @@ def test_an_evaluation_on_a_folder_in_use_stops_before_the_model_loads(setup, mo
     finally:
         running.kill()
         running.wait()
+
+
+def test_a_retrained_checkpoint_is_not_resumed_as_the_old_run(setup, tmp_path):
+    """Retrained into the same folder (same path, same settings, other weights): the evaluation does not print the
+    old checkpoint's table as a resume; it stops, keeps the old predictions, and says how to start over."""
+    import shutil
+
+    import torch
+
+    from open_r1.modeling import load_model, weights_digest
+
+    checkpoint = Path(shutil.copytree(setup["model"], tmp_path / "ckpt"))
+    first = ev.run_evaluation(
+        make_args(setup, "retrained", model_base=str(checkpoint), output_dir=str(tmp_path / "e"))
+    )
+    before = weights_digest(checkpoint)
+    model = load_model(checkpoint)
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.01)  # one training step's worth of change
+    model.save_pretrained(checkpoint)
+    assert weights_digest(checkpoint) != before
+    args = make_args(setup, "retrained", model_base=str(checkpoint), output_dir=str(tmp_path / "e"))
+    with pytest.raises(ValueError, match="differs in weights; the checkpoint's weights changed since: retrained"):
+        ev.run_evaluation(args)
+    assert len(lines(tmp_path / "e" / "predictions.jsonl")) == first["num_queries"]  # nothing lost
+    again = ev.run_evaluation(dataclasses.replace(args, overwrite=True))
+    assert again["num_queries"] == first["num_queries"]
+    config = json.loads((tmp_path / "e" / "eval_config.json").read_text())
+    assert config["weights"] == weights_digest(checkpoint)
+
+
+def test_a_rescore_never_scores_fewer_queries_than_the_run_was_written_for(full_run, tmp_path):
+    """A predictions file cut short (at a line boundary, or mid-line): --rescore stops naming the file (and the line),
+    instead of scoring the readable half with exit 0; the complete file rescoring as before."""
+    import shutil
+
+    from open_r1.evaluation import PredictionsFileError, rescore_predictions
+
+    _, out = full_run
+    folder = Path(shutil.copytree(out, tmp_path / "copy"))
+    path = folder / "predictions.jsonl"
+    text = path.read_text()
+    assert rescore_predictions(path, plot=False)["num_queries"] == NUM_QUERIES
+    cut = text.splitlines(keepends=True)
+    path.write_text("".join(cut[:4]))
+    with pytest.raises(PredictionsFileError, match=f"holds 4 of the {NUM_QUERIES} queries its run was written for"):
+        rescore_predictions(path, plot=False)
+    path.write_text("".join(cut[:4]) + cut[4][:30])
+    with pytest.raises(PredictionsFileError, match=r"predictions.jsonl:5: line is not JSON"):
+        rescore_predictions(path, plot=False)
+
+
+def test_cpu_evaluation_runs_on_one_thread_unless_asked(setup, monkeypatch, caplog):
+    """The demo's rule on CPU: one thread unless OMP_NUM_THREADS says otherwise (a 400-query evaluation took 103 s on
+    2 threads of a busy machine, 7 s on one), said in the log."""
+    import logging
+
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        with caplog.at_level(logging.INFO):
+            ev.run_evaluation(make_args(setup, "threads_default", overwrite=True))
+        assert torch.get_num_threads() == 1
+        assert "CPU evaluation on 1 thread(s) (evaluation's default on CPU" in caplog.text
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            ev.run_evaluation(make_args(setup, "threads_asked", overwrite=True))
+        assert torch.get_num_threads() == 2 and "CPU evaluation on 2 thread(s) (OMP_NUM_THREADS)" in caplog.text
+    finally:
+        torch.set_num_threads(previous)

@@ -2,7 +2,10 @@
 name every problem in one message, in seconds and without a network."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -240,3 +243,47 @@ def test_evaluation_selection_and_preprocessing_refuse_nan():
         SelectionArguments(min_reward_std=float("nan"))  # kept every query and wrote NaN into its report before
     with pytest.raises(ValueError, match="fps must be a positive number, got nan"):
         VideoSettings(fps=float("nan"))  # preprocessing's flags become these settings
+
+
+def test_abbreviated_flags_are_refused_by_every_entry_point(tmp_path):
+    """`--model_name_or_pat` used to match `--model_name_or_path` and train: a typo must fail as an unknown flag does
+    (argparse's prefix matching is off everywhere)."""
+    from trl import GRPOConfig, ModelConfig, SFTConfig
+
+    from open_r1.configs import GRPOScriptArguments
+    from open_r1.evaluate import main as evaluate_main
+    from open_r1.grpo_video import parse_cli
+    from open_r1.preprocess import build_parser
+    from open_r1.select_data import SelectionArguments
+    from open_r1.sft_video import SFTScriptArguments
+
+    base = ["--annotation_file", "a.json", "--video_dir", "v", "--output_dir", str(tmp_path), "--use_cpu", "true",
+            "--bf16", "false"]  # fmt: skip
+    for types in ((GRPOScriptArguments, GRPOConfig, ModelConfig), (SFTScriptArguments, SFTConfig, ModelConfig),
+                  (GRPOScriptArguments, GRPOConfig, ModelConfig, SelectionArguments)):  # fmt: skip
+        with pytest.raises(ValueError, match="not used by the HfArgumentParser.*--model_name_or_pat"):
+            parse_cli(types, ["--model_name_or_pat", "m", *base])
+        assert parse_cli(types, ["--model_name_or_path", "m", *base])  # the full name still works
+    with pytest.raises(SystemExit) as stopped:
+        evaluate_main(["--model_bas", "m", "--annotation_file", "a.json", "--video_dir", "v"])
+    assert stopped.value.code == 2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["charades", "--video_di", "v", "--output_dir", str(tmp_path)])
+    demo = subprocess.run([sys.executable, "-m", "open_r1.demo", "--output_di", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert demo.returncode == 2 and "unrecognized arguments: --output_di" in demo.stderr
+
+
+def test_evaluation_problems_are_one_message_directly_and_through_the_script(tmp_path):
+    """A missing checkpoint and a missing annotation file: `python evaluate.py` and `bash scripts/evaluate.sh` (its
+    pre-flight before torchrun) print one `pre-flight (evaluation): ...` message naming both, exit 2, no traceback."""
+    repo = Path(__file__).resolve().parents[1]
+    flags = ["--model_base", str(tmp_path / "no_model"), "--annotation_file", str(tmp_path / "no.json"),
+             "--video_dir", str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "NPROC_PER_NODE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for command in ([sys.executable, str(repo / "evaluate.py")], ["bash", str(repo / "scripts" / "evaluate.sh")]):
+        result = subprocess.run([*command, *flags], capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "pre-flight (evaluation): evaluation: 2 problems" in result.stderr
+        assert "no_model" in result.stderr and "no.json" in result.stderr
+        assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr

@@ -179,7 +179,7 @@ def test_each_rank_records_its_own_rewards_and_scores_its_last_partial_rollout(t
 
 
 # Every setting that changes what a query's samples are: a resume must not mix scores sampled another way.
-SAMPLING_SETTINGS = ("model", "annotation_file", "dataset", "split", "num_generations", "temperature", "top_k",
+SAMPLING_SETTINGS = ("model", "weights", "annotation_file", "dataset", "split", "num_generations", "temperature", "top_k",
                      "top_p", "min_p", "repetition_penalty", "max_completion_length", "reward_funcs", "reward_weights",
                      "no_think", "video_first", "video", "position_layout")  # fmt: skip
 
@@ -250,3 +250,17 @@ def test_an_edited_annotation_file_is_scored_again_where_it_changed(setup, by_qu
     assert len(edited) == 2 and edited[0]["input"] != edited[1]["input"]  # the old line is kept, not reused
     selected = json.loads((out / SELECTED_FILE).read_text())
     assert selected[video]["timestamps"][0] == [0.5, 1.5]
+
+
+@pytest.mark.slow
+def test_a_selection_that_keeps_nothing_says_why(setup, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setitem(rewards.REWARD_FUNCS, "flat", lambda completions, **kwargs: [0.5] * len(completions))
+    out = tmp_path / "flat"
+    args = ["--num_generations", "8", "--max_completion_length", "6", "--reward_funcs", "flat"]
+    with caplog.at_level(logging.WARNING):
+        report = cli(common_args(setup, out, *args, "--per_device_train_batch_size", "16"))
+    assert report["counts"]["kept"] == 0
+    assert "kept no query: the samples of every query got equal rewards" in caplog.text
+    assert "does the checkpoint write '<answer>a to b</answer>'" in caplog.text

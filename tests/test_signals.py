@@ -72,3 +72,28 @@ def test_a_group_no_reward_scored_is_left_out_not_counted_as_equal():
     assert signals["zero_std_share"] == 0.0
     assert signals["group_reward_std"] == pytest.approx(stdev([0.1, 0.2, 0.3, 0.4]))
     assert math.isnan(rollout_signals(rewards[:4], [None] * 4, 4)["zero_std_share"])
+
+
+def test_a_run_without_signal_is_named_once_with_its_cause(caplog):
+    """Every group of 3 rollouts in a row with equal rewards: one warning, naming the cause (no parsable answer, with
+    an example of what the model writes); a rollout with signal starts the count again."""
+    import logging
+
+    from open_r1.signals import SignalWatch
+
+    flat = {"zero_std_share": 1.0, "span_parsed": 0.0}
+    watch = SignalWatch(rollouts=3)
+    with caplog.at_level(logging.WARNING):
+        for signals in (flat, flat, {"zero_std_share": 0.5, "span_parsed": 0.0}, flat, flat):
+            watch.update(signals, lambda: "<think>hmm")
+        assert "no group whose rewards differ" not in caplog.text  # never 3 in a row
+        for _ in range(5):
+            watch.update(flat, lambda: "<think>hmm")
+    assert caplog.text.count("the last 3 rollouts had no group whose rewards differ") == 1
+    assert "no sampled answer parses" in caplog.text and "'<think>hmm'" in caplog.text
+    caplog.clear()
+    solved = SignalWatch(rollouts=2)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            solved.update({"zero_std_share": 1.0, "span_parsed": 1.0}, lambda: "")
+    assert "all solved or all missed" in caplog.text

@@ -257,6 +257,8 @@ def test_two_steps_log_rewards_and_train_only_the_llm(tiny_path, tmp_path, caplo
         trainer.train()
     # The random model writes no parsable answer: said once, at the first rollout (a damaged checkpoint looks the same).
     assert caplog.text.count("no completion of the first rollout") == 1
+    assert "no group whose rewards differ" not in caplog.text  # the length reward spreads every group
+
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 2
     for entry in logs:
@@ -514,3 +516,16 @@ def test_rollouts_sample_with_the_recipe_not_the_checkpoint_generation_config(ti
     trainer._generate_and_score_completions([dict(row) for row in dataset(num_rows=1) for _ in range(4)])
     assert seen == [sampling | {"do_sample": True}]
     assert model.generation_config.temperature == 1e-6  # restored after the rollout
+
+
+def test_a_run_that_learns_nothing_says_so(tiny_path, tmp_path, caplog):
+    """Only a constant reward: no group has a spread, every advantage is 0. After the watch's window (set to 2
+    rollouts here; 10 by default) the run says so once, naming the likely cause."""
+    import logging
+
+    trainer = make_trainer(tiny_path, tmp_path, reward_funcs=(constant_reward,), max_steps=3)
+    trainer.signal_watch.rollouts = 2
+    with caplog.at_level(logging.WARNING):
+        trainer.train()
+    assert caplog.text.count("the last 2 rollouts had no group whose rewards differ") == 1
+    assert "no sampled answer parses" in caplog.text  # the random model's answers

@@ -476,16 +476,6 @@ def run_demo(
     return summary
 
 
-def cpu_threads() -> tuple[int, str]:
-    """Threads for the demo's CPU work, and why: OMP_NUM_THREADS when set, else one. The tiny model gains nothing
-    from more (the whole demo took 370 s on one thread of an idle 2-core machine); one thread does not collapse when
-    other jobs share the cores (two threads under load ran a matmul 60x slower, the warm start 3x), and the numbers
-    do not depend on the machine's load, since the thread count changes the order of float sums."""
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
-    return 1, "the demo's default, whatever the load; set OMP_NUM_THREADS to choose"
-
-
 def interrupted_message(output_dir: Path) -> str:
     return f"interrupted; what was written so far is in {output_dir} (a new run starts over)"
 
@@ -532,7 +522,7 @@ def positive_float(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--output_dir", default="outputs/demo", help="Where data, cache, checkpoints and plots go.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the model, the warm start and GRPO sampling.")
     parser.add_argument("--sft_steps", type=positive_int, default=300, help="Warm-start steps.")
@@ -564,7 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     import torch
 
-    threads, why = cpu_threads()
+    from open_r1.modeling import cpu_threads
+
+    threads, why = cpu_threads("the demo")
     torch.set_num_threads(threads)
     logger.info("CPU threads: %d (%s)", threads, why)
     stop_on_ctrl_c(Path(args.output_dir))

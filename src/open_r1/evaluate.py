@@ -5,6 +5,8 @@
     python evaluate.py --rescore outputs/eval/MODEL/charades_test/predictions.jsonl
 
 Several GPUs: ``bash scripts/evaluate.sh ...`` (torchrun, one process per GPU). All flags: ``--help``.
+``--preflight`` runs only the checks that need no model (``scripts/evaluate.sh`` does, before torchrun starts); any
+problem found is printed as one ``pre-flight (evaluation): ...`` message, exit status 2.
 ``python -m open_r1.evaluate`` is the same command; the work is in :mod:`open_r1.evaluation`.
 """
 
@@ -17,6 +19,7 @@ from transformers import HfArgumentParser
 
 from open_r1.configs import EvalArguments, normalize_video_flags
 from open_r1.evaluation import format_table, rescore_predictions, run_evaluation
+from open_r1.evaluation.runner import check_evaluation
 
 
 def main(argv=None) -> dict:
@@ -26,7 +29,20 @@ def main(argv=None) -> dict:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     argv = normalize_video_flags(list(sys.argv[1:] if argv is None else argv))
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=argv)
+    preflight_only = "--preflight" in argv
+    argv = [arg for arg in argv if arg != "--preflight"]
+    try:
+        # allow_abbrev=False: a misspelled flag fails instead of matching another one.
+        (args,) = HfArgumentParser(EvalArguments, allow_abbrev=False).parse_args_into_dataclasses(args=argv)
+        if args.rescore is None:
+            check_evaluation(args)  # again inside run_evaluation: cheap, and run_evaluation is also called directly
+    except (OSError, ValueError) as error:
+        # The checks' problems as one message (the training launcher's form), not a traceback; exit status 2.
+        print(f"pre-flight (evaluation): {error}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2) from None
+    if preflight_only:
+        logging.getLogger(__name__).info("evaluation pre-flight: no problem found")
+        return None
     if args.rescore is not None:
         metrics = rescore_predictions(args.rescore, allow_mixed=args.allow_mixed)
         title = f"rescored {args.rescore}"

@@ -332,7 +332,8 @@ def parse_cli(dataclass_types: tuple, argv: list[str] | None) -> tuple:
         handler.addFilter(_QuietAccumulationMismatch())
     argv = use_gloo_for_cpu_deepspeed(normalize_video_flags(list(sys.argv[1:] if argv is None else argv)))
     try:
-        parsed = TrlParser(dataclass_types).parse_args_and_config(args=argv)
+        # allow_abbrev=False: `--model_name_or_pat` must fail as an unknown flag, not train with --model_name_or_path.
+        parsed = TrlParser(dataclass_types, allow_abbrev=False).parse_args_and_config(args=argv)
     except ValueError as error:
         import torch
 

@@ -29,9 +29,10 @@ def repair_tail(path: str | Path) -> None:
             f.truncate(keep)
 
 
-def read_jsonl(path: str | Path, with_line_numbers: bool = False) -> Iterator[Any]:
+def read_jsonl(path: str | Path, with_line_numbers: bool = False, strict: bool = False) -> Iterator[Any]:
     """The values of a JSON Lines file (none if it does not exist); unreadable lines are skipped with a warning that
-    names the file and the first such line. With ``with_line_numbers``, yields ``(line_number, value)``."""
+    names the file and the first such line, or, with ``strict``, raise ``ValueError`` naming ``file:line``. With
+    ``with_line_numbers``, yields ``(line_number, value)``."""
     path = Path(path)
     if not path.is_file():
         return
@@ -42,7 +43,9 @@ def read_jsonl(path: str | Path, with_line_numbers: bool = False) -> Iterator[An
                 continue
             try:
                 value = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
+            except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: absurdly deep nesting
+                if strict:
+                    raise ValueError(f"{path}:{number}: line is not JSON (cut short by a killed run?)") from error
                 bad.append(number)
                 continue
             yield (number, value) if with_line_numbers else value

@@ -401,6 +401,7 @@ def preprocess_videos(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m open_r1.preprocess",
+        allow_abbrev=False,  # a misspelled flag fails instead of matching another one
         description="Decode each video once (qwen-vl-utils sampling and resizing) into a resumable safetensors cache.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -12,16 +12,16 @@ counts), `duration` = the video length in seconds.
 Rewards are chosen by name with `--reward_funcs iou format` (the paper's pair). To add one, write a function and
 register it with one line:
 
->>> def short_answer_reward(completions, **kwargs):
+>>> def brief_answer_reward(completions, **kwargs):
 ...     '''1.0 when the answer block is under 40 characters.'''
-...     texts = [completion_text(c) for c in completions]
+...     texts = completion_texts(completions)
 ...     return [float(len(t.rpartition("<answer>")[2]) < 40) for t in texts]
->>> REWARD_FUNCS["short_answer"] = short_answer_reward
->>> [f.__name__ for f in get_reward_funcs(["iou", "short_answer"])]
-['iou_reward', 'short_answer_reward']
->>> short_answer_reward(["<think>x</think><answer>5.0s to 11.6s</answer>"])
+>>> REWARD_FUNCS["brief_answer"] = brief_answer_reward
+>>> [f.__name__ for f in get_reward_funcs(["iou", "brief_answer"])]
+['iou_reward', 'brief_answer_reward']
+>>> brief_answer_reward(["<think>x</think><answer>5.0s to 11.6s</answer>"])
 [1.0]
->>> del REWARD_FUNCS["short_answer"]
+>>> del REWARD_FUNCS["brief_answer"]
 
 In the repository, add the entry to the `REWARD_FUNCS` literal at the bottom of this file instead.
 """
@@ -37,6 +37,7 @@ from open_r1.grounding import parse_span, temporal_iou
 __all__ = [
     "REWARD_FUNCS",
     "completion_text",
+    "completion_texts",
     "format_reward",
     "get_reward_funcs",
     "iou_reward",
@@ -254,6 +255,12 @@ def tiou_reward(completions, solution=None, duration=None, **kwargs) -> list[flo
         except Exception:
             rewards.append(0.0)
     return rewards
+
+
+def completion_texts(completions) -> list[str]:
+    """The text of every completion of a batch (:func:`completion_text`), whatever container TRL (or a test) hands
+    over: a lone string or message counts as one completion, anything not iterable as none."""
+    return [completion_text(c) for c in _as_list(completions)]
 
 
 def _as_list(completions) -> list:

@@ -47,7 +47,7 @@ SELECTED_FILE = "annotations.selected.json"
 REPORT_FILE = "selection_report.json"
 CONFIG_FILE = "selection_config.json"
 # What makes two scoring runs comparable: a resumed run must sample the same way from the same checkpoint.
-CONFIG_KEYS = ("model", "annotation_file", "dataset", "split", "num_generations", "temperature", "top_k", "top_p",
+CONFIG_KEYS = ("model", "weights", "annotation_file", "dataset", "split", "num_generations", "temperature", "top_k", "top_p",
                "min_p", "repetition_penalty", "max_completion_length", "reward_funcs", "reward_weights", "no_think",
                "video_first", "video", "position_layout")  # fmt: skip
 
@@ -255,7 +255,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
          selection_args: SelectionArguments) -> dict | None:  # fmt: skip
     """Score (resuming), then filter on the main process; returns the report there (None elsewhere)."""
     from open_r1.grpo_video import build_dataset, preflight
-    from open_r1.modeling import load_model, load_processor
+    from open_r1.modeling import load_model, load_processor, weights_digest
     from open_r1.trainer import VideoGRPOTrainer
 
     if training_args.deepspeed:
@@ -274,6 +274,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     training_args.save_strategy = "no"
     config = {
         "model": str(model_args.model_name_or_path),
+        "weights": weights_digest(model_args.model_name_or_path),  # retrained into the same folder: other samples
         "annotation_file": script_args.annotation_file,
         "dataset": None if script_args.annotation_file else script_args.dataset,
         "split": None if script_args.annotation_file else script_args.split,
@@ -328,6 +329,14 @@ def _select(trainer, rows, dataset, output_dir: Path, config: dict, selection_ar
         return None
     report = write_selection(rows, read_scores(output_dir, rows), selection_args, output_dir, config)
     counts = report["counts"]
+    if counts["queries"] and counts["equal_rewards"] + counts["unscored"] == counts["queries"]:
+        parsed = [s for s in read_scores(output_dir, rows).values() if s.get("mean_iou")]
+        logger.warning(
+            "kept no query: the samples of every query got equal rewards (or none). %s",
+            "No sampled answer scored any IoU: does the checkpoint write '<answer>a to b</answer>'? A supervised warm "
+            "start (python -m open_r1.sft_video) teaches the format" if not parsed else
+            "Raise the temperature, or start from another checkpoint",
+        )  # fmt: skip
     logger.info(
         "kept %d of %d queries (dropped: %d unscored, %d equal rewards, %d below --min_reward_std, %d above "
         "--max_mean_iou); zero-spread share %s, mean within-query reward std %s -> %s",

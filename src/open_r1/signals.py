@@ -17,14 +17,17 @@ how much of a step carries signal (the trainer logs them each step; ``open_r1.se
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from open_r1.grounding import Span, temporal_iou
 
-__all__ = ["SIGNAL_KEYS", "group_reward_stats", "is_zero_std", "span_spread", "rollout_signals"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["SIGNAL_KEYS", "SignalWatch", "group_reward_stats", "is_zero_std", "span_spread", "rollout_signals"]
 
 # The names the trainer logs under (``signal/<name>``).
 SIGNAL_KEYS = ("zero_std_share", "group_reward_std", "span_spread", "span_parsed")
@@ -83,3 +86,39 @@ def rollout_signals(rewards: torch.Tensor, spans: Sequence[Span | None], num_gen
         "span_spread": sum(spreads) / len(spreads) if spreads else math.nan,
         "span_parsed": sum(span is not None for span in spans) / max(len(spans), 1),
     }
+
+
+class SignalWatch:
+    """Says once, with the likely cause, when a training run learns nothing: no completion of the first rollout
+    parses, or every group of ``rollouts`` rollouts in a row had equal rewards (every advantage 0: the policy moves
+    only with the KL term). A run from a damaged or untrained checkpoint otherwise logged rewards of 0 for hundreds of
+    steps without a word."""
+
+    def __init__(self, rollouts: int = 10):
+        self.rollouts = rollouts
+        self.in_a_row = 0
+        self.warned = False
+
+    def first_rollout(self, spans: Sequence[Span | None]) -> None:
+        if spans and all(span is None for span in spans):
+            logger.warning(
+                "no completion of the first rollout (%d) has a parsable answer ('a to b' inside <answer>): the IoU "
+                "reward is 0 for all of them. Is the checkpoint damaged or untrained for this format, or does it "
+                "expect another prompt (--no_think, --video_first)? A supervised warm start (python -m "
+                "open_r1.sft_video) teaches the format", len(spans),
+            )  # fmt: skip
+
+    def update(self, signals: dict[str, float], example: Callable[[], str]) -> None:
+        """One rollout's :func:`rollout_signals`; ``example`` gives one of its completions' text."""
+        self.in_a_row = self.in_a_row + 1 if signals["zero_std_share"] == 1.0 else 0
+        if self.in_a_row != self.rollouts or self.warned:
+            return
+        self.warned = True
+        if signals["span_parsed"] == 0:
+            cause = (f"no sampled answer parses ('a to b' inside <answer>); the model writes e.g. {example()[:120]!r}. "
+                     "A supervised warm start (python -m open_r1.sft_video) teaches the format")  # fmt: skip
+        else:
+            cause = ("the samples of each query get equal rewards (its queries all solved or all missed at this "
+                     "temperature; python -m open_r1.select_data keeps the ones whose rewards differ)")  # fmt: skip
+        logger.warning("the last %d rollouts had no group whose rewards differ: every advantage was 0 and the policy "
+                       "learned nothing but the KL term. Likely cause: %s", self.rollouts, cause)  # fmt: skip

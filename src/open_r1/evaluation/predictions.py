@@ -79,7 +79,11 @@ def read_predictions(
     path = Path(path)
     records: dict[str, dict[str, Any]] = {}
     bad, duplicates, conflicts = [], [], []
-    for number, record in read_jsonl(path, with_line_numbers=True):
+    try:
+        lines = list(read_jsonl(path, with_line_numbers=True, strict=strict))
+    except ValueError as error:  # strict: an unreadable line stops a rescore, named
+        raise PredictionsFileError(str(error)) from error
+    for number, record in lines:
         problem = record_problem(record)
         if problem is not None:
             if strict:
@@ -158,6 +162,12 @@ def rescore_predictions(
     if not path.is_file():
         raise FileNotFoundError(f"predictions file not found: {path.resolve()}")
     records = read_predictions(path, strict=True, allow_conflicts=allow_mixed)
+    expected = _run_config_value(path.parent, "num_queries")
+    if isinstance(expected, int) and len(records) < expected:
+        raise PredictionsFileError(
+            f"{path} holds {len(records)} of the {expected} queries its run was written for (cut short, or the run "
+            "has not finished): run the same evaluation command again to complete it; nothing was rescored"
+        )
     runs = Counter(record.get("run_id") for record in records if record.get("run_id"))
     if len(runs) > 1 and not allow_mixed:
         (first, n_first), (second, n_second) = runs.most_common(2)
@@ -176,6 +186,15 @@ def rescore_predictions(
         if plot:
             plot_predictions(records, path.parent / PLOT_FILE)
     return metrics
+
+
+def _run_config_value(folder: Path, key: str):
+    """``key`` of the evaluation run's settings beside a predictions file (None without them)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get(key) if isinstance(config, dict) else None
 
 
 def _run_fields(folder: Path) -> dict[str, Any]:

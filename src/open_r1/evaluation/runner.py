@@ -71,9 +71,14 @@ def default_output_dir(args: EvalArguments, name: str) -> Path:
 
 
 def _run_config(args: EvalArguments, name: str) -> dict[str, Any]:
-    """The settings that change predictions; a resume must match them (batch size, paths of videos do not)."""
+    """The settings that change predictions; a resume must match them (batch size, paths of videos do not). The
+    checkpoint is identified by its path and its weights (:func:`open_r1.modeling.weights_digest`): retrained into
+    the same folder, it is another run."""
+    from open_r1.modeling import weights_digest
+
     return {
         "model_base": str(args.model_base),
+        "weights": weights_digest(args.model_base),
         "run": name,
         "annotation_file": args.annotation_file,
         "no_think": args.no_think,
@@ -108,12 +113,17 @@ def _prepare_output_dir(output_dir: Path, config: dict[str, Any], overwrite: boo
         config_path = output_dir / CONFIG_FILE
         if config_path.exists() and not overwrite:
             previous = json.loads(config_path.read_text(encoding="utf-8"))
-            if previous != config:
-                changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+            # num_queries is what the run is written for (a --max_queries run may be resumed in full), not a setting.
+            changed = sorted(k for k in set(previous) | set(config) - {"num_queries"}
+                             if k != "num_queries" and previous.get(k) != config.get(k))  # fmt: skip
+            if changed:
+                retrained = changed == ["weights"]
                 raise ValueError(
-                    f"{output_dir} holds predictions of another run (differs in {', '.join(changed)}); "
-                    "pass --overwrite or another --output_dir"
-                )
+                    f"{output_dir} holds predictions of another run (differs in {', '.join(changed)}"
+                    + ("; the checkpoint's weights changed since: retrained into the same folder?" if retrained
+                       else "") + "); its predictions and metrics.json are kept there: pass --overwrite to replace "
+                    "them, or another --output_dir"
+                )  # fmt: skip
         write_json_atomic(config_path, config)
     if world > 1:
         _barrier()
@@ -364,6 +374,29 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def check_evaluation(args: EvalArguments):
+    """Every check that needs no model, all problems reported together (:class:`open_r1.preflight.Preflight`): the
+    checkpoint, the queries, the output folder, the videos. Returns the queries, the run's name, the video source and
+    the description of missing videos (None when all are there). ``python -m open_r1.evaluate --preflight`` runs only
+    this, as ``scripts/evaluate.sh`` does before torchrun starts."""
+    from open_r1.preflight import Preflight, model_problem, output_problem
+    from open_r1.video import VideoSource, describe_missing
+
+    checks = Preflight("evaluation")
+    checks.add(model_problem(args.model_base, flag="--model_base"))
+    queries, name = checks.run(resolve_queries, args) or ([], None)
+    if name is not None and not queries:
+        checks.add(f"{name}: no queries to evaluate")
+    checks.add(output_problem(args.output_dir or (default_output_dir(args, name) if name else None)))
+    source = VideoSource(args.to_settings(), cache_dir=args.cache_dir, video_dir=args.video_dir)
+    missing = describe_missing(source, [q["video_id"] for q in queries]) if queries else None
+    if missing and not args.allow_missing_videos:
+        # Before the model loads: a misspelled --cache_dir would otherwise score every query 0 and exit 0.
+        checks.fail(FileNotFoundError(f"{name}: {missing} --allow_missing_videos scores them as failures instead."))
+    checks.finish()
+    return queries, name, source, missing
+
+
 def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
     """Evaluate ``args.model_base`` on a split; returns :func:`compute_metrics` over all its queries.
 
@@ -379,22 +412,7 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
         args = EvalArguments(**args)
     if args.rescore is not None:
         return rescore_predictions(args.rescore, allow_mixed=args.allow_mixed)
-    from open_r1.preflight import Preflight, model_problem, output_problem
-    from open_r1.video import VideoSource, describe_missing
-
-    # Every check that needs no model, all problems reported together.
-    checks = Preflight("evaluation")
-    checks.add(model_problem(args.model_base, flag="--model_base"))
-    queries, name = checks.run(resolve_queries, args) or ([], None)
-    if name is not None and not queries:
-        checks.add(f"{name}: no queries to evaluate")
-    checks.add(output_problem(args.output_dir or (default_output_dir(args, name) if name else None)))
-    source = VideoSource(args.to_settings(), cache_dir=args.cache_dir, video_dir=args.video_dir)
-    missing = describe_missing(source, [q["video_id"] for q in queries]) if queries else None
-    if missing and not args.allow_missing_videos:
-        # Before the model loads: a misspelled --cache_dir would otherwise score every query 0 and exit 0.
-        checks.fail(FileNotFoundError(f"{name}: {missing} --allow_missing_videos scores them as failures instead."))
-    checks.finish()
+    queries, name, source, missing = check_evaluation(args)
     if missing:
         logger.warning("%s: %s They score IoU 0 (missing_video).", name, missing)
     import torch
@@ -458,7 +476,8 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> di
     from tqdm.auto import tqdm
 
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, name)
-    config = _run_config(args, name)
+    # The number of queries the run is written for: a rescore of its file refuses to score fewer.
+    config = {**_run_config(args, name), "num_queries": len(queries)}
     _prepare_output_dir(output_dir, config, args.overwrite, rank, world)
     # Every line carries its run's id, so that a file holding lines of two runs is noticed when rescored.
     run_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
@@ -487,6 +506,12 @@ def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> di
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        else:
+            from open_r1.modeling import cpu_threads
+
+            threads, why = cpu_threads("evaluation")
+            torch.set_num_threads(threads)
+            logger.info("CPU evaluation on %d thread(s) (%s)", threads, why)
         generate = BatchGenerator(args, device)
         batch_size = args.batch_size or device_batch_size(generate.model, device, args)
         batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]

@@ -51,6 +51,7 @@ from open_r1.modeling import (
     vision_token_ids,
 )
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, inner_vlm, position_layout, set_position_layout
+from open_r1.signals import SignalWatch
 from open_r1.trainer import packing
 from open_r1.trainer.packing import prompt_groups
 from open_r1.trainer.reward_checks import NonFiniteRewardError, checked_reward
@@ -170,6 +171,7 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             )
         self._rollout_copy: RolloutWeights | None = None
         self.last_rollout: dict | None = None  # the latest rollout's rewards, spans and signals
+        self.signal_watch = SignalWatch()  # says once when a run learns nothing (signals.py)
         # torch.compile backend of the static decode step (None: inductor); the CPU equality tests use "eager".
         self.decode_compile_backend: str | None = None
         self._static_decoder: StaticDecoder | None = None  # its compiled shapes and static cache, kept across rollouts
@@ -324,13 +326,8 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
             local.append(span if span is not None else (math.nan, math.nan))
         spans = gather(torch.tensor(local, dtype=torch.float64, device=rewards_per_func.device).view(-1, 2)).cpu()
         spans = [None if math.isnan(start) else (start, end) for start, end in spans.tolist()]
-        if self.last_rollout is None and self.model.training and spans and all(span is None for span in spans):
-            logger.warning(
-                "no completion of the first rollout (%d) has a parsable answer ('a to b' inside <answer>): the IoU "
-                "reward is 0 for all of them. Is the checkpoint damaged or untrained for this format, or does it "
-                "expect another prompt (--no_think, --video_first)? A supervised warm start (python -m "
-                "open_r1.sft_video) teaches the format", len(spans),
-            )  # fmt: skip
+        if self.last_rollout is None and self.model.training:
+            self.signal_watch.first_rollout(spans)
         weights = self.reward_weights.to(rewards_per_func.device)
         total = (rewards_per_func * weights).nansum(dim=1)
         total[torch.isnan(rewards_per_func).all(dim=1)] = math.nan
@@ -342,6 +339,8 @@ class VideoGRPOTrainer(LocalModelCardMixin, GRPOTrainer):
                 self._metrics[mode][f"signal/{name}"].append(value)
         self.last_rollout = {"rewards_per_func": rewards_per_func.cpu(), "total": total.cpu(), "spans": spans,
                              "signals": signals}  # fmt: skip
+        if mode == "train":
+            self.signal_watch.update(signals, lambda: completion_text(completions[0]))
         return rewards_per_func
 
     def _uses_rollout_copy(self, model) -> bool:
