@@ -134,6 +134,10 @@ def test_kill_and_resume_gives_identical_metrics_and_no_duplicates(setup, full_r
     # A second resume has nothing left to do and changes nothing.
     assert without_paths(ev.run_evaluation(make_args(setup, "resume"))) == without_paths(full_metrics)
     assert path.read_text().splitlines() == records
+    # The resumed file is one run's: --rescore scores it without --allow_mixed.
+    from open_r1.evaluation import rescore_predictions
+
+    assert rescore_predictions(path, plot=False)["num_queries"] == NUM_QUERIES
 
 
 def test_resume_refuses_a_different_prompt(setup, full_run):

@@ -114,8 +114,8 @@ def _prepare_output_dir(output_dir: Path, config: dict[str, Any], overwrite: boo
         if config_path.exists() and not overwrite:
             previous = json.loads(config_path.read_text(encoding="utf-8"))
             # num_queries is what the run is written for (a --max_queries run may be resumed in full), not a setting.
-            changed = sorted(k for k in set(previous) | set(config) - {"num_queries"}
-                             if k != "num_queries" and previous.get(k) != config.get(k))  # fmt: skip
+            keys = (set(previous) | set(config)) - {"num_queries"}
+            changed = sorted(k for k in keys if previous.get(k) != config.get(k))
             if changed:
                 retrained = changed == ["weights"]
                 raise ValueError(
@@ -397,12 +397,13 @@ def check_evaluation(args: EvalArguments):
     return queries, name, source, missing
 
 
-def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
+def run_evaluation(args: EvalArguments | dict[str, Any], checked: tuple | None = None) -> dict[str, Any]:
     """Evaluate ``args.model_base`` on a split; returns :func:`compute_metrics` over all its queries.
 
     Resumes from the predictions already in the output folder (each query is generated once). Under torchrun each
     rank takes every WORLD_SIZE-th query, writes its own shard, and rank 0 merges them at the end; every rank returns
-    the same metrics (plus ``output_dir``). With ``args.rescore`` set, only rescores that file.
+    the same metrics (plus ``output_dir``). With ``args.rescore`` set, only rescores that file. ``checked``: what
+    :func:`check_evaluation` returned for these ``args``, when the caller ran the checks already.
 
     Example (from Python, e.g. after training)::
 
@@ -412,7 +413,7 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
         args = EvalArguments(**args)
     if args.rescore is not None:
         return rescore_predictions(args.rescore, allow_mixed=args.allow_mixed)
-    queries, name, source, missing = check_evaluation(args)
+    queries, name, source, missing = checked or check_evaluation(args)
     if missing:
         logger.warning("%s: %s They score IoU 0 (missing_video).", name, missing)
     import torch
@@ -431,12 +432,18 @@ def run_evaluation(args: EvalArguments | dict[str, Any]) -> dict[str, Any]:
         # One evaluation per output folder (rank 0 holds the lock for the launch): a second one would redo the work
         # and append to the same files.
         with folder_lock(output_dir, "evaluation") if rank == 0 else contextlib.nullcontext():
-            metrics = _evaluate(args, queries, name, rank, world, local_rank, torch, source)
+            metrics = _evaluate(args, queries, name, output_dir, rank, world, local_rank, torch, source)
         check_generation_worked(metrics, args.model_base)
         return metrics
     finally:
         if initialized_here:
             torch.distributed.destroy_process_group()
+
+
+def _reached_model(metrics: dict[str, Any]) -> int:
+    """Queries whose video could be read, so that the model was asked to answer them."""
+    failures = metrics.get("failures", {})
+    return metrics["num_queries"] - failures.get("missing_video", 0) - failures.get("decode_error", 0)
 
 
 def warn_if_nothing_parsed(metrics: dict[str, Any], model_base) -> None:
@@ -445,8 +452,7 @@ def warn_if_nothing_parsed(metrics: dict[str, Any], model_base) -> None:
     warning, not an error (a random model is scored as a baseline); recorded under ``warnings`` before metrics.json is
     written."""
     failures = metrics.get("failures", {})
-    generated = (metrics["num_queries"] - failures.get("missing_video", 0) - failures.get("decode_error", 0)
-                 - failures.get("generation_error", 0))  # fmt: skip
+    generated = _reached_model(metrics) - failures.get("generation_error", 0)
     if generated > 0 and failures.get("no_answer", 0) == generated:
         message = (
             f"none of the {generated} answers of {model_base} has a parsable span ('a to b' in <answer>): is the "
@@ -460,9 +466,8 @@ def warn_if_nothing_parsed(metrics: dict[str, Any], model_base) -> None:
 def check_generation_worked(metrics: dict[str, Any], model_base) -> None:
     """Fail when every query that reached the model failed to generate: the checkpoint (weights, tokenizer) cannot
     answer, and all-zero metrics must not end the run as a success. metrics.json is written before."""
-    failures = metrics.get("failures", {})
-    reached = metrics["num_queries"] - failures.get("missing_video", 0) - failures.get("decode_error", 0)
-    if reached > 0 and failures.get("generation_error", 0) == reached:
+    reached = _reached_model(metrics)
+    if reached > 0 and metrics.get("failures", {}).get("generation_error", 0) == reached:
         output_dir = Path(metrics.get("output_dir", "."))
         details = [r.get("detail") for r in read_predictions(output_dir / PREDICTIONS_FILE) if r.get("detail")]
         raise RuntimeError(
@@ -472,15 +477,15 @@ def check_generation_worked(metrics: dict[str, Any], model_base) -> None:
         )
 
 
-def _evaluate(args, queries, name, rank, world, local_rank, torch, source) -> dict[str, Any]:
+def _evaluate(args, queries, name, output_dir: Path, rank, world, local_rank, torch, source) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, name)
-    # The number of queries the run is written for: a rescore of its file refuses to score fewer.
-    config = {**_run_config(args, name), "num_queries": len(queries)}
-    _prepare_output_dir(output_dir, config, args.overwrite, rank, world)
-    # Every line carries its run's id, so that a file holding lines of two runs is noticed when rescored.
-    run_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    settings = _run_config(args, name)
+    # The number of queries the run is written for (a rescore of its file refuses to score fewer); not a setting.
+    _prepare_output_dir(output_dir, {**settings, "num_queries": len(queries)}, args.overwrite, rank, world)
+    # Every line carries its run's id, so that a file holding lines of two runs is noticed when rescored (a
+    # --max_queries run resumed in full is one run: the id comes from the settings alone).
+    run_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     done = set()
     for path in [output_dir / PREDICTIONS_FILE, *shard_paths(output_dir)]:
