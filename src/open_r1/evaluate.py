@@ -34,8 +34,7 @@ def main(argv=None) -> dict:
     try:
         # allow_abbrev=False: a misspelled flag fails instead of matching another one.
         (args,) = HfArgumentParser(EvalArguments, allow_abbrev=False).parse_args_into_dataclasses(args=argv)
-        if args.rescore is None:
-            check_evaluation(args)  # again inside run_evaluation: cheap, and run_evaluation is also called directly
+        checked = None if args.rescore is not None else check_evaluation(args)
     except (OSError, ValueError) as error:
         # The checks' problems as one message (the training launcher's form), not a traceback; exit status 2.
         print(f"pre-flight (evaluation): {error}", file=sys.stderr)  # noqa: T201
@@ -47,7 +46,7 @@ def main(argv=None) -> dict:
         metrics = rescore_predictions(args.rescore, allow_mixed=args.allow_mixed)
         title = f"rescored {args.rescore}"
     else:
-        metrics = run_evaluation(args)
+        metrics = run_evaluation(args, checked)
         title = f"{metrics.get('run', args.dataset)}: {args.model_base}"
     if rank == 0:
         print(format_table(metrics, title=title))

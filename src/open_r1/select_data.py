@@ -327,10 +327,11 @@ def _select(trainer, rows, dataset, output_dir: Path, config: dict, selection_ar
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
-    report = write_selection(rows, read_scores(output_dir, rows), selection_args, output_dir, config)
+    scores = read_scores(output_dir, rows)
+    report = write_selection(rows, scores, selection_args, output_dir, config)
     counts = report["counts"]
     if counts["queries"] and counts["equal_rewards"] + counts["unscored"] == counts["queries"]:
-        parsed = [s for s in read_scores(output_dir, rows).values() if s.get("mean_iou")]
+        parsed = [s for s in scores.values() if s.get("mean_iou")]
         logger.warning(
             "kept no query: the samples of every query got equal rewards (or none). %s",
             "No sampled answer scored any IoU: does the checkpoint write '<answer>a to b</answer>'? A supervised warm "

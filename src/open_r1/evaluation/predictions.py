@@ -188,24 +188,25 @@ def rescore_predictions(
     return metrics
 
 
+def _saved_dict(path: Path) -> dict[str, Any]:
+    """A run's JSON file (its metrics or settings) as a dict; empty when absent or unreadable."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def _run_config_value(folder: Path, key: str):
     """``key`` of the evaluation run's settings beside a predictions file (None without them)."""
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config.get(key) if isinstance(config, dict) else None
+    return _saved_dict(folder / CONFIG_FILE).get(key)
 
 
 def _run_fields(folder: Path) -> dict[str, Any]:
     """``run`` and ``model_base`` of the evaluation run in ``folder``: from its metrics.json, else its config."""
     for name in (METRICS_FILE, CONFIG_FILE):
-        try:
-            saved = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(saved, dict):
-            fields = {key: saved[key] for key in ("run", "model_base") if key in saved}
-            if fields:
-                return fields
+        saved = _saved_dict(folder / name)
+        fields = {key: saved[key] for key in ("run", "model_base") if key in saved}
+        if fields:
+            return fields
     return {}
