@@ -267,3 +267,22 @@ def test_ctrl_c_ends_the_demo_even_when_an_extension_swallows_the_interrupt(tmp_
     assert process.returncode == 130, err
     assert 1.0 <= time.perf_counter() - started < 10
     assert f"interrupted; what was written so far is in {tmp_path}" in out and "Traceback" not in err
+
+
+def test_the_demo_samples_as_its_recipe_says(tmp_path):
+    """One source of truth for the demo's sampling: its GRPO and selection config and recipes/demo/grpo_tiny.yaml agree
+    (before, the demo left TRL's top_k 0 while the recipe said 50, and `select_data --config` on the recipe refused the
+    demo's own scores)."""
+    from trl import GRPOConfig, ModelConfig, TrlParser
+
+    from open_r1.configs import GRPOScriptArguments
+    from open_r1.demo import DEMO_SAMPLING, grpo_config
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "grpo_tiny.yaml"
+    _, from_recipe, _ = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig)).parse_args_and_config(
+        args=["--config", str(recipe), "--output_dir", str(tmp_path)]
+    )
+    demo = grpo_config(tmp_path, 1, 0, 1e-6, 2)
+    for key, value in DEMO_SAMPLING.items():
+        assert getattr(demo, key) == getattr(from_recipe, key) == value, key
+    assert demo.top_k == 50  # the paper's (the original's GenerationConfig default), not TRL's 0

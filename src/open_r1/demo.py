@@ -189,6 +189,13 @@ def train_warm_start(
     return out
 
 
+# The demo's sampling in rollouts (GRPO and data selection): the paper's, temperature 1, no nucleus cut, top-k 50 (the
+# original's GenerationConfig default; TRL's default, 0, turns it off) and no repetition penalty.
+# recipes/demo/grpo_tiny.yaml writes the same values, so that `select_data --config` on it continues the demo's scores
+# (tests/test_demo.py checks that they agree).
+DEMO_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
+
+
 def grpo_config(out: Path, steps: int, seed: int, learning_rate: float, queries_per_step: int):
     """The demo's GRPO settings: the paper's method (IoU + format rewards, 8 completions per query, beta 0.04, k3 KL,
     sequence-mean loss) at the demo's sizes."""
@@ -207,7 +214,7 @@ def grpo_config(out: Path, steps: int, seed: int, learning_rate: float, queries_
         use_bias_correction_kl=False,
         learning_rate=learning_rate,
         lr_scheduler_type="constant",
-        temperature=1.0,
+        **DEMO_SAMPLING,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
