@@ -669,3 +669,31 @@ def test_cpu_evaluation_runs_on_one_thread_unless_asked(setup, monkeypatch, capl
         assert torch.get_num_threads() == 2 and "CPU evaluation on 2 thread(s) (OMP_NUM_THREADS)" in caplog.text
     finally:
         torch.set_num_threads(previous)
+
+
+def test_every_protocol_and_the_generation_budget_come_with_the_run(full_run):
+    """metrics.json holds all four protocols and how many answers ran out of tokens (counted from the token ids)."""
+    metrics, out = full_run
+    assert set(metrics["protocols"]) == {"timezero", "timezero-original", "lmms-eval", "timelens"}
+    assert metrics["protocol"] == "timezero" and metrics["R1@0.5"] == metrics["protocols"]["timezero"]["R1@0.5"]
+    # The two video failures stay in the denominator everywhere except under TimeZero's original rule.
+    assert metrics["protocols"]["timelens"]["num_scored"] == NUM_QUERIES
+    assert metrics["protocols"]["timezero-original"]["num_skipped"] >= 2
+    generated = [r for r in lines(out / "predictions.jsonl") if r["output"] is not None]
+    assert generated and all(1 <= r["num_tokens"] <= 16 for r in generated)
+    assert all(r["hit_budget"] == (r["num_tokens"] == 16) for r in generated)  # no end token within the budget
+    assert metrics["generation"]["max_new_tokens"] == 16
+    assert metrics["generation"]["num_hit_budget"] == sum(r["hit_budget"] for r in generated)
+    rescored = ev.rescore_predictions(out / "predictions.jsonl", write=False)
+    assert rescored["protocols"] == metrics["protocols"]
+
+
+def test_answer_lengths_stop_at_the_first_end_token():
+    import torch
+    from transformers import GenerationConfig
+
+    from open_r1.decoding import answer_lengths
+
+    config = GenerationConfig(eos_token_id=[7, 9], pad_token_id=0)
+    rows = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 5, 6, 5], [9, 0, 0, 0, 0], [5, 6, 5, 6, 7]])
+    assert answer_lengths(rows, config) == [(3, True), (5, False), (1, True), (5, True)]

@@ -182,7 +182,9 @@ class EvalArguments(VideoDataArguments):
     dataset: str = field(
         default="charades",
         metadata={
-            "help": "Bundled dataset: charades, activitynet, charades_cd, charades_cg (label only with --annotation_file)."
+            "help": "Dataset: charades, activitynet, charades_cd, charades_cg (bundled), or TimeLens-Bench's "
+            "charades_timelens, activitynet_timelens, qvhighlights_timelens (read from $TIMELENS_BENCH_DIR or "
+            "data/TimeLens-Bench). A label only with --annotation_file."
         },
     )
     split: str | None = field(
@@ -234,6 +236,14 @@ class EvalArguments(VideoDataArguments):
     rescore: str | None = field(
         default=None, metadata={"help": "Recompute metrics from this predictions.jsonl alone (no model) and exit."}
     )
+    protocol: str = field(
+        default="timezero",
+        metadata={
+            "help": "Whose scoring convention gives the numbers at the top of metrics.json: timezero (this project's), "
+            "timezero-original, lmms-eval or timelens. Every protocol is computed and kept under 'protocols'; with "
+            "--rescore, re-parses the file's raw answers (docs/evaluation.md, 'Scoring protocols')."
+        },
+    )
     allow_mixed: bool = field(
         default=False,
         metadata={
@@ -251,6 +261,9 @@ class EvalArguments(VideoDataArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        from open_r1.evaluation.protocols import check_protocol
+
+        check_protocol(self.protocol)
         if self.rescore is None and self.model_base is None:
             raise ValueError("give --model_base (a checkpoint to evaluate) or --rescore predictions.jsonl")
         if self.rescore is None and self.cache_dir is None and self.video_dir is None:
@@ -275,7 +288,10 @@ class GRPOScriptArguments(VideoDataArguments):
 
     dataset: str = field(
         default="charades",
-        metadata={"help": "Bundled dataset to train on: charades or activitynet (ignored with --annotation_file)."},
+        metadata={
+            "help": "Dataset to train on: charades or activitynet (bundled), or a TimeLens-Bench name with --split "
+            "test (ignored with --annotation_file)."
+        },
     )
     split: str = field(default="train", metadata={"help": "Split of --dataset to train on."})
     reward_funcs: list[str] = field(

@@ -50,6 +50,7 @@ import csv
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -91,6 +92,16 @@ DATASETS: dict[str, dict[str, str]] = {
 }
 """Dataset name -> split -> annotation path relative to :data:`ANNOTATIONS_DIR`."""
 
+TIMELENS_BENCH = {
+    "charades_timelens": ("charades-timelens.json", 3363, 1313),
+    "activitynet_timelens": ("activitynet-timelens.json", 4500, None),
+    "qvhighlights_timelens": ("qvhighlights-timelens.json", 1541, None),
+}
+"""TimeLens-Bench (arXiv 2512.14698: Charades-STA, ActivityNet Captions and QVHighlights re-annotated): dataset name ->
+(file name, queries, videos) with the sizes the paper gives (None: not given). Not bundled (its licence and size):
+``hf download TencentARC/TimeLens-Bench --repo-type=dataset --local-dir data/TimeLens-Bench``; the files are read from
+``$TIMELENS_BENCH_DIR`` or else ``data/TimeLens-Bench`` under the working folder (TimeLens's own layout)."""
+
 TRAIN_SPLITS = frozenset({"train"})
 """Splits that :func:`load_split` may filter (zero-length segments); every other split keeps all its queries."""
 
@@ -98,6 +109,16 @@ TRAIN_SPLITS = frozenset({"train"})
 _TALL_LINE = re.compile(r"^(?P<vid>\S+)\s+(?P<start>\S+)\s+(?P<end>\S+)\s*##(?P<sentence>.*)$")
 _WHITESPACE = re.compile(r"\s+")
 _EPS = 1e-6
+
+
+def normalize_timelens_query(text: str) -> str:
+    """TimeLens-Bench's query normalisation: runs of whitespace to one space, outer spaces and periods stripped (case
+    kept, as TimeLens evaluates).
+
+    >>> normalize_timelens_query("  A man  opens the door.. ")
+    'A man opens the door'
+    """
+    return _WHITESPACE.sub(" ", text).strip().strip(".").strip()
 
 
 def normalize_query(text: str) -> str:
@@ -239,6 +260,8 @@ def _json_records(path: Path, text: str) -> tuple[str, list[tuple[str, float, li
         where = f"record {video_id!r}"
         if not isinstance(record, dict):
             raise _fail(path, where, f"expected an object with duration, timestamps, sentences; got {record!r:.80}")
+        if "spans" in record and "queries" in record:  # TimeLens-Bench: the same content under other names
+            record = {**record, "timestamps": record["spans"], "sentences": record["queries"]}
         missing = [key for key in ("timestamps", "sentences") if key not in record]
         if "duration" not in record and "video_duration" not in record:
             missing.insert(0, "duration")
@@ -259,6 +282,8 @@ def _json_records(path: Path, text: str) -> tuple[str, list[tuple[str, float, li
     first = data[records[0][0]]
     if "video_duration" in first:
         fmt = "charades_cd_json"
+    elif "spans" in first and "queries" in first:
+        fmt = "timelens_json"
     elif all(video_id.startswith("v_") for video_id, *_ in records):
         fmt = "activitynet_json"
     else:
@@ -353,7 +378,7 @@ def load_annotations(
             where = f"record {video_id!r}, query {k}"
             if not isinstance(raw_query, str):
                 raise _fail(path, where, f"sentence must be a string, got {raw_query!r:.80}")
-            query = normalize_query(raw_query)
+            query = (normalize_timelens_query if fmt == "timelens_json" else normalize_query)(raw_query)
             if not query:
                 raise _fail(path, where, f"empty sentence {raw_query!r}")
             windows = _windows(timestamp, path, where)
@@ -397,13 +422,44 @@ def load_annotations(
 
 
 def split_path(dataset: str, split: str) -> Path:
-    """The bundled annotation file of ``dataset``/``split``; unknown names raise ``ValueError`` listing valid ones."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(DATASETS))}")
-    splits = DATASETS[dataset]
+    """The annotation file of ``dataset``/``split`` (bundled, or TimeLens-Bench's single ``test`` split, see
+    :data:`TIMELENS_BENCH`); unknown names raise ``ValueError`` listing valid ones."""
+    if dataset not in DATASETS and dataset not in TIMELENS_BENCH:
+        raise ValueError(
+            f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(DATASETS))} (bundled), "
+            f"{', '.join(TIMELENS_BENCH)} (TimeLens-Bench)"
+        )
+    splits = DATASETS.get(dataset, {"test": None})
     if split not in splits:
         raise ValueError(f"unknown split {split!r} for dataset {dataset!r}; known splits: {', '.join(splits)}")
+    if dataset in TIMELENS_BENCH:
+        path = Path(os.environ.get("TIMELENS_BENCH_DIR", "data/TimeLens-Bench")) / TIMELENS_BENCH[dataset][0]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{dataset}: {path.resolve()} not found. TimeLens-Bench is not bundled: download it with `hf download "
+                "TencentARC/TimeLens-Bench --repo-type=dataset --local-dir data/TimeLens-Bench`, then run from the "
+                "folder holding data/ or set TIMELENS_BENCH_DIR (or give the file with --annotation_file)"
+            )
+        return path
     return ANNOTATIONS_DIR / splits[split]
+
+
+def check_benchmark_size(dataset: str, rows: Sequence[dict[str, Any]], path: str | Path) -> str | None:
+    """A warning (logged and returned) when a TimeLens-Bench file does not hold the queries and videos the paper
+    reports (another version of the file, or the wrong one); None when it does or ``dataset`` is not one of them."""
+    if dataset not in TIMELENS_BENCH:
+        return None
+    _, queries, videos = TIMELENS_BENCH[dataset]
+    found = (len(rows), len({row["video_id"] for row in rows}))
+    if found[0] == queries and videos in (None, found[1]):
+        return None
+    message = (
+        f"{path} holds {found[0]} queries over {found[1]} videos; the TimeLens paper reports {queries} queries"
+        + (f" over {videos} videos" if videos else "")
+        + f" for {dataset}: numbers on this file are not comparable with published ones"
+    )
+    logger.warning("%s", message)
+    return message
 
 
 def load_split(
@@ -423,4 +479,6 @@ def load_split(
         drop_zero_length = split in TRAIN_SPLITS
     elif drop_zero_length and split not in TRAIN_SPLITS:
         raise ValueError(f"{dataset}/{split} is an evaluation split: every query is kept (official counts)")
-    return load_annotations(path, drop_zero_length=drop_zero_length, return_stats=return_stats)
+    loaded = load_annotations(path, drop_zero_length=drop_zero_length, return_stats=return_stats)
+    check_benchmark_size(dataset, loaded[0] if return_stats else loaded, path)
+    return loaded

@@ -423,3 +423,26 @@ def equal_run_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, vide
             current = 1
     lengths.append(current)
     return lengths[0] if len(set(lengths)) == 1 else 1
+
+
+class GeneratedText(str):
+    """An answer's text with its length in new tokens (end token included) and whether it ran out of budget."""
+
+    def __new__(cls, text: str, num_tokens: int, hit_budget: bool):
+        made = super().__new__(cls, text)
+        made.num_tokens, made.hit_budget = num_tokens, hit_budget
+        return made
+
+
+def answer_lengths(completions, generation_config) -> list[tuple[int, bool]]:
+    """``(new tokens, ended)`` per row of ``completions`` (rows are padded after their end token): the tokens up to
+    and including the first end (or pad) token, and whether there was one."""
+    ends = generation_config.eos_token_id
+    ends = {ends} if isinstance(ends, int) else set(ends or [])
+    if generation_config.pad_token_id is not None:
+        ends.add(generation_config.pad_token_id)
+    lengths = []
+    for row in completions.tolist():
+        stop = next((i for i, token in enumerate(row) if token in ends), None)
+        lengths.append((len(row), False) if stop is None else (stop + 1, True))
+    return lengths

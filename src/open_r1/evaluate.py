@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
         logging.getLogger(__name__).info("evaluation pre-flight: no problem found")
         return None
     if args.rescore is not None:
-        metrics = rescore_predictions(args.rescore, allow_mixed=args.allow_mixed)
+        metrics = rescore_predictions(args.rescore, allow_mixed=args.allow_mixed, protocol=args.protocol)
         title = f"rescored {args.rescore}"
     else:
         metrics = run_evaluation(args, checked)

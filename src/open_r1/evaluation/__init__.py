@@ -22,7 +22,9 @@ Output folder (one run = one folder):
 
 One module per job: :mod:`~open_r1.evaluation.metrics` (pure functions of records),
 :mod:`~open_r1.evaluation.predictions` (the predictions file: read, validate, merge, rescore, atomic writes),
-:mod:`~open_r1.evaluation.runner` (model, generation, sharding, resume) and :mod:`~open_r1.evaluation.plots`. The
+:mod:`~open_r1.evaluation.runner` (model, generation, sharding, resume), :mod:`~open_r1.evaluation.protocols` (the
+field's scoring conventions, all computed for every run), :mod:`~open_r1.evaluation.importers` (lmms-eval and TimeLens
+outputs as predictions files) and :mod:`~open_r1.evaluation.plots`. The
 command line is :mod:`open_r1.evaluate` (``python evaluate.py`` / ``python -m open_r1.evaluate``).
 """
 

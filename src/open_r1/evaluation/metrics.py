@@ -68,7 +68,7 @@ def compute_metrics(records: Iterable[dict[str, Any]], thresholds: Sequence[floa
 
 def format_table(metrics: dict[str, Any], title: str | None = None) -> str:
     """A small text table of ``metrics`` for the terminal and logs."""
-    keys = [k for k in metrics if k.startswith("R1@")] + ["mIoU"]
+    keys = [k for k in metrics if k.startswith("R1@") and not k.endswith("_strict")] + ["mIoU"]
     head = " | ".join(f"{k:>7}" for k in keys)
     row = " | ".join(f"{metrics[k]:>7.2f}" for k in keys)
     failures = ", ".join(f"{kind} {n}" for kind, n in metrics.get("failures", {}).items() if n) or "none"
@@ -80,6 +80,12 @@ def format_table(metrics: dict[str, Any], title: str | None = None) -> str:
         f"{metrics['num_queries']} queries; failed (IoU 0): {metrics.get('num_failed', 0)} ({failures}); "
         f"fallback parses: {metrics.get('num_fallback_parses', 0)}",
     ]
+    if metrics.get("protocols"):
+        chosen = metrics.get("protocol", "timezero")
+        lines.append(
+            f"protocol {chosen} at the top; R1@0.5 / mIoU under each: "
+            + "; ".join(f"{name} {m['R1@0.5']:.2f} / {m['mIoU']:.2f}" for name, m in metrics["protocols"].items())
+        )
     lines += [f"WARNING: {warning}" for warning in metrics.get("warnings", [])]
     return "\n".join(lines)
 

@@ -24,7 +24,9 @@ def plot_predictions(records: Sequence[dict[str, Any]], path: str | Path, num_qu
         1, 2, figsize=(13, 0.45 * max(len(shown), 6) + 1.5), gridspec_kw={"width_ratios": [1.6, 1]}
     )
     for y, record in enumerate(reversed(shown)):
-        duration = max(float(record["duration"]), 1e-6)
+        # An imported line may lack the duration: its spans' furthest end scales the timeline instead.
+        spans = [*record["gt"], *([record["pred"]] if record.get("pred") is not None else [])]
+        duration = max(float(record.get("duration") or max(end for _, end in spans)), 1e-6)
         for start, end in record["gt"]:
             ax_lines.barh(y + 0.18, (end - start) / duration, left=start / duration, height=0.32, color="#2a9d8f")
         if record.get("pred") is not None:

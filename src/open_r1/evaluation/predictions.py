@@ -13,6 +13,7 @@ from typing import Any
 
 from open_r1.evaluation.metrics import compute_metrics, rescore_record
 from open_r1.evaluation.plots import plot_predictions
+from open_r1.evaluation.protocols import check_protocol, protocol_report
 from open_r1.jsonl import read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -151,9 +152,10 @@ def merge_predictions(output_dir: str | Path, order: Sequence[str] = ()) -> Path
 
 
 def rescore_predictions(
-    path: str | Path, write: bool = True, plot: bool = True, allow_mixed: bool = False
+    path: str | Path, write: bool = True, plot: bool = True, allow_mixed: bool = False, protocol: str = "timezero"
 ) -> dict[str, Any]:
-    """Metrics of a predictions file alone (no model); writes ``metrics.json`` (and the plot) beside it.
+    """Metrics of a predictions file alone (no model); writes ``metrics.json`` (and the plot) beside it. Every line's
+    raw answer is scored under every protocol (:mod:`~open_r1.evaluation.protocols`), ``protocol``'s at the top.
 
     Strict: a malformed line stops it (file and line named), always; so does a file whose lines come from runs with
     different settings (their ``run_id``) or that scores one query twice differently, unless ``allow_mixed``.
@@ -175,8 +177,10 @@ def rescore_predictions(
             f"{path} mixes predictions of {len(runs)} runs with different settings or splits (run_id {first}: "
             f"{n_first} lines, {second}: {n_second} lines, ...); pass --allow_mixed to score them together"
         )
+    check_protocol(protocol)
+    report = protocol_report(records, protocol, _run_config_value(path.parent, "max_new_tokens"))
     records = [rescore_record(r) for r in records]
-    metrics = compute_metrics(records)
+    metrics = compute_metrics(records) | report
     if write:
         target = path.parent / METRICS_FILE
         # The run's own fields (its name and model) stay: they come from the run, not from the predictions.

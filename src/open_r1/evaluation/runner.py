@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from open_r1.configs import EvalArguments
-from open_r1.data import DATASETS, load_annotations, load_split, split_path
-from open_r1.decoding import StaticDecoder, empty_static_cache, use_static_decode
+from open_r1.data import DATASETS, TIMELENS_BENCH, check_benchmark_size, load_annotations, load_split, split_path
+from open_r1.decoding import GeneratedText, StaticDecoder, answer_lengths, empty_static_cache, use_static_decode
 from open_r1.evaluation.metrics import IOU_TIE_EPS, compute_metrics, record_iou, score_output
 from open_r1.evaluation.plots import plot_predictions
 from open_r1.evaluation.predictions import (
@@ -32,6 +32,7 @@ from open_r1.evaluation.predictions import (
     shard_paths,
     write_json_atomic,
 )
+from open_r1.evaluation.protocols import protocol_report
 from open_r1.jsonl import repair_tail
 from open_r1.run_lock import folder_lock
 from open_r1.video.sampling import IMAGE_FACTOR
@@ -44,6 +45,7 @@ DEFAULT_SPLITS = {
     "activitynet": "val_2",
     "charades_cd": "test_ood",
     "charades_cg": "novel_composition",
+    **dict.fromkeys(TIMELENS_BENCH, "test"),
 }
 
 
@@ -55,6 +57,7 @@ def resolve_queries(args: EvalArguments) -> tuple[list[dict[str, Any]], str]:
     if args.annotation_file is not None:
         rows = load_annotations(args.annotation_file)
         name = Path(args.annotation_file).stem
+        check_benchmark_size(args.dataset, rows, args.annotation_file)  # a TimeLens-Bench file given by path
     else:
         split = args.split or DEFAULT_SPLITS.get(args.dataset) or next(iter(DATASETS.get(args.dataset, {})), "")
         split_path(args.dataset, split)  # unknown names raise here, listing the valid ones
@@ -246,7 +249,11 @@ class BatchGenerator:
 
             out = self.static(self.model, batch["input_ids"].shape[0], length, decode)
         completions = out[:, batch["input_ids"].shape[1] :]
-        return self.processor.batch_decode(completions, skip_special_tokens=True)
+        texts = self.processor.batch_decode(completions, skip_special_tokens=True)
+        return [
+            GeneratedText(text, n, not ended and n >= self.generation_config.max_new_tokens)
+            for text, (n, ended) in zip(texts, answer_lengths(completions, self.generation_config))
+        ]
 
 
 CPU_BATCH_SIZE = 8
@@ -324,6 +331,8 @@ def _result(query: dict[str, Any], output: str | None, error: str | None = None,
         "gt": gt,
         "output": output,
     }
+    if isinstance(output, GeneratedText):  # the generation budget each protocol's harness would have given
+        record.update(output=str(output), num_tokens=output.num_tokens, hit_budget=output.hit_budget)
     if error is None:
         record.update(score_output(output, gt))
     else:
@@ -412,7 +421,7 @@ def run_evaluation(args: EvalArguments | dict[str, Any], checked: tuple | None =
     if isinstance(args, dict):
         args = EvalArguments(**args)
     if args.rescore is not None:
-        return rescore_predictions(args.rescore, allow_mixed=args.allow_mixed)
+        return rescore_predictions(args.rescore, allow_mixed=args.allow_mixed, protocol=args.protocol)
     queries, name, source, missing = checked or check_evaluation(args)
     if missing:
         logger.warning("%s: %s They score IoU 0 (missing_video).", name, missing)
@@ -549,7 +558,7 @@ def _evaluate(args, queries, name, output_dir: Path, rank, world, local_rank, to
         missing = len(wanted) - len(records)
         if missing:
             raise RuntimeError(f"{missing} queries of {name} have no prediction in {output_dir}; rerun to resume")
-        metrics = compute_metrics(records)
+        metrics = compute_metrics(records) | protocol_report(records, args.protocol, args.max_new_tokens)
         metrics["run"] = name
         metrics["model_base"] = str(args.model_base)
         warn_if_nothing_parsed(metrics, args.model_base)
