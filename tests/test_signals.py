@@ -1,5 +1,6 @@
 """Where a rollout's learning signal is (open_r1.signals), checked against formulas written here."""
 
+import json
 import math
 from statistics import mean, stdev
 
@@ -97,3 +98,54 @@ def test_a_run_without_signal_is_named_once_with_its_cause(caplog):
         for _ in range(2):
             solved.update({"zero_std_share": 1.0, "span_parsed": 1.0}, lambda: "")
     assert "all solved or all missed" in caplog.text
+
+
+def test_early_stop_rule_on_a_known_curve():
+    """Windowed means (window 2) of the IoU reward and the within-group std; patience 2: it stops at the second logging
+    step in a row where neither mean beat its best."""
+    from open_r1.signals import EarlyStopOnSignal
+
+    rule = EarlyStopOnSignal(patience=2, window=2)
+    iou = [0.1, 0.3, 0.5, 0.4, 0.4, 0.45, 0.2]
+    std = [0.3, 0.3, 0.2, 0.2, 0.2, 0.2, 0.2]
+    reasons = [rule.observe({"rewards/iou_reward/mean": a, "signal/group_reward_std": b}) for a, b in zip(iou, std)]
+    # IoU means: 0.1, 0.2, 0.4, 0.45, 0.4, 0.425, 0.325 -> best rises until step 4, then not: stale at 5 and 6.
+    assert reasons[:5] == [None] * 5 and reasons[5] is not None and reasons[6] is None  # said once
+    assert "has improved for 2 logging steps" in reasons[5] and rule.best["rewards/iou_reward/mean"] == pytest.approx(
+        0.45
+    )
+    # The std alone rising keeps the run going.
+    rule = EarlyStopOnSignal(patience=1, window=1)
+    logs = [{"rewards/iou_reward/mean": 0.5, "signal/group_reward_std": s} for s in (0.1, 0.2, 0.3, 0.3)]
+    assert [rule.observe(entry) for entry in logs][:3] == [None] * 3 and rule.observe(logs[3] | {}) is None
+    assert rule.reason is not None
+    # Logs without the two values (an evaluation log, another reward) are ignored.
+    assert EarlyStopOnSignal(1).observe({"loss": 0.3}) is None
+    with pytest.raises(ValueError, match="patience and window >= 1"):
+        EarlyStopOnSignal(0)
+
+
+@pytest.mark.slow
+def test_early_stop_ends_a_real_run_saves_and_says_why(tmp_path_factory, tmp_path):
+    """Through the entry point and TRL's trainer: a learning rate of 0 learns nothing, so with patience 1 and window 1
+    the run stops after the first logging step whose values did not improve, well before --max_steps, and saves."""
+    from _entry_points import common_args, tiny_setup
+
+    from open_r1.grpo_video import cli
+
+    setup = tiny_setup(tmp_path_factory, "early_stop")
+    out = tmp_path / "run"
+    flags = ["--num_generations", "4", "--max_completion_length", "8", "--max_steps", "12", "--learning_rate", "0.0",
+             "--early_stop_patience", "1", "--early_stop_window", "1", "--seed", "0"]  # fmt: skip
+    trainer = cli(common_args(setup, out, *flags))
+    logged = [e for e in trainer.state.log_history if "rewards/iou_reward/mean" in e]
+    stop = [e for e in trainer.state.log_history if "early_stop" in e]
+    assert len(stop) == 1 and trainer.state.global_step < 12 and len(logged) == trainer.state.global_step
+    saved = json.loads((out / "early_stop.json").read_text())
+    assert saved["step"] == trainer.state.global_step and "has improved for 1 logging steps" in saved["reason"]
+    assert (out / "model.safetensors").is_file()
+    # The rule's decision, replayed on the logged values.
+    from open_r1.signals import EarlyStopOnSignal
+
+    rule = EarlyStopOnSignal(1, 1)
+    assert [rule.observe(e) is not None for e in logged].index(True) == len(logged) - 1

@@ -325,9 +325,25 @@ class GRPOScriptArguments(VideoDataArguments):
             "gradients). --whole_groups false: TRL's row shuffle."
         },
     )
+    early_stop_patience: int = field(
+        default=0,
+        metadata={
+            "help": "Stop (and save) when neither the windowed mean IoU reward nor the within-group reward std has "
+            "improved for this many logging steps (TimeLens's rule; 0: off, the paper's run). See "
+            "open_r1.signals.EarlyStopOnSignal."
+        },
+    )
+    early_stop_window: int = field(
+        default=10, metadata={"help": "Logging steps averaged by --early_stop_patience's comparison."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.early_stop_patience < 0 or self.early_stop_window < 1:
+            raise ValueError(
+                f"early_stop_patience must be >= 0 and early_stop_window >= 1, got {self.early_stop_patience} and "
+                f"{self.early_stop_window}"
+            )
         if self.cache_dir is None and self.video_dir is None:
             raise ValueError("give --video_dir (raw videos) and/or --cache_dir (preprocessed videos)")
         if not self.reward_funcs:

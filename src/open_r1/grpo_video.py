@@ -207,6 +207,11 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     logger.info("%d training queries over %d videos", len(rows), len({r["video_id"] for r in rows}))
 
     model, processor, reference_dtype = load_for_training(script_args, training_args, model_args)
+    if script_args.early_stop_patience:
+        from open_r1.signals import early_stop_callback
+
+        callbacks = [*(callbacks or []), early_stop_callback(script_args.early_stop_patience,
+                                                             script_args.early_stop_window)]  # fmt: skip
     trainer = VideoGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,

@@ -27,7 +27,16 @@ from open_r1.grounding import Span, temporal_iou
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SIGNAL_KEYS", "SignalWatch", "group_reward_stats", "is_zero_std", "span_spread", "rollout_signals"]
+__all__ = [
+    "SIGNAL_KEYS",
+    "EarlyStopOnSignal",
+    "SignalWatch",
+    "early_stop_callback",
+    "group_reward_stats",
+    "is_zero_std",
+    "rollout_signals",
+    "span_spread",
+]
 
 # The names the trainer logs under (``signal/<name>``).
 SIGNAL_KEYS = ("zero_std_share", "group_reward_std", "span_spread", "span_parsed")
@@ -122,3 +131,75 @@ class SignalWatch:
                      "temperature; python -m open_r1.select_data keeps the ones whose rewards differ)")  # fmt: skip
         logger.warning("the last %d rollouts had no group whose rewards differ: every advantage was 0 and the policy "
                        "learned nothing but the KL term. Likely cause: %s", self.rollouts, cause)  # fmt: skip
+
+
+class EarlyStopOnSignal:
+    """Stops a GRPO run when its training signal has stopped rising (TimeLens, arXiv 2512.14698: training past that
+    point degraded results): at each logging step the mean of the last ``window`` logged values of the IoU reward
+    (``rewards/<reward>/mean``) and of the within-group reward std (``signal/group_reward_std``) is compared with the
+    best such mean so far; after ``patience`` logging steps in a row in which neither improved, the run stops, saves
+    its checkpoint and says why (log, ``state.log_history`` and ``early_stop.json`` in the output folder).
+
+    A ``transformers.TrainerCallback`` (built by :func:`early_stop_callback`, so that this module imports no trainer).
+    """
+
+    def __init__(self, patience: int, window: int = 10, reward_key: str = "rewards/iou_reward/mean"):
+        if patience < 1 or window < 1:
+            raise ValueError(f"early stopping needs patience and window >= 1, got {patience} and {window}")
+        self.patience, self.window = patience, window
+        self.keys = (reward_key, "signal/group_reward_std")
+        self.history: dict[str, list[float]] = {key: [] for key in self.keys}
+        self.best: dict[str, float] = {}
+        self.stale = 0
+        self.reason: str | None = None
+
+    def observe(self, logs: dict[str, float]) -> str | None:
+        """One logging step's values; returns the reason to stop (once), else None."""
+        if self.reason is not None or not all(isinstance(logs.get(key), (int, float)) for key in self.keys):
+            return None
+        improved = False
+        for key in self.keys:
+            values = self.history[key]
+            values.append(float(logs[key]))
+            windowed = sum(values[-self.window :]) / len(values[-self.window :])
+            if key not in self.best or windowed > self.best[key]:
+                improved = improved or key in self.best
+                self.best[key] = windowed
+        first = len(self.history[self.keys[0]]) == 1
+        self.stale = 0 if (improved or first) else self.stale + 1
+        if self.stale < self.patience:
+            return None
+        self.reason = (
+            f"early stop: neither the {self.window}-step mean of {self.keys[0]} (best {self.best[self.keys[0]]:.4f}) "
+            f"nor of {self.keys[1]} (best {self.best[self.keys[1]]:.4f}) has improved for {self.patience} logging "
+            "steps"
+        )
+        return self.reason
+
+
+def early_stop_callback(patience: int, window: int = 10, reward_key: str = "rewards/iou_reward/mean"):
+    """The :class:`EarlyStopOnSignal` rule as a ``transformers.TrainerCallback``."""
+    import json
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+
+    class EarlyStop(TrainerCallback):
+        def __init__(self):
+            self.rule = EarlyStopOnSignal(patience, window, reward_key)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            reason = self.rule.observe(logs or {})
+            if reason is None:
+                return control
+            logger.warning("%s: stopping at step %d and saving", reason, state.global_step)
+            state.log_history.append({"early_stop": reason, "step": state.global_step})
+            if state.is_world_process_zero:
+                Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+                stop = {"step": state.global_step, "reason": reason, "best": self.rule.best}
+                (Path(args.output_dir) / "early_stop.json").write_text(json.dumps(stop, indent=2) + "\n")
+            control.should_training_stop = True
+            control.should_save = True
+            return control
+
+    return EarlyStop()
