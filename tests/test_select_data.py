@@ -264,3 +264,47 @@ def test_a_selection_that_keeps_nothing_says_why(setup, tmp_path, monkeypatch, c
     assert report["counts"]["kept"] == 0
     assert "kept no query: the samples of every query got equal rewards" in caplog.text
     assert "does the checkpoint write '<answer>a to b</answer>'" in caplog.text
+
+
+def difficulty_scores(ds: list[float]) -> tuple[list[dict], dict]:
+    rows = [{"query_id": f"v{i}#0", "video_id": f"v{i}", "duration": 10.0, "windows": [[1.0, 2.0]], "raw_query": "q"}
+            for i in range(len(ds))]  # fmt: skip
+    scores = {
+        row["query_id"]: {"reward_std": 0.2, "mean_iou": 1.0 - d, "span_spread": 0.5} for row, d in zip(rows, ds)
+    }
+    return rows, scores
+
+
+def test_difficulty_selection_draws_around_the_centre(tmp_path):
+    """A narrow Gaussian (width 0.05) at d = 0.5 over d = 0.00, 0.05, ..., 0.95: the 3 drawn are the 3 nearest."""
+    rows, scores = difficulty_scores([i / 20 for i in range(20)])
+    args = SelectionArguments(mode="difficulty", target_count=3, difficulty_centre=0.5, difficulty_width=0.05)
+    report = write_selection(rows, scores, args, tmp_path, {"seed": 0})
+    assert sorted(report["kept_query_ids"]) == ["v10#0", "v11#0", "v9#0"]
+    assert report["counts"] == {"queries": 20, "kept": 3, "unscored": 0, "not_drawn": 17}
+    assert report["difficulty_histogram"] == {"before": [2] * 10, "after": [0, 0, 0, 0, 1, 2, 0, 0, 0, 0]}
+    assert len(load_annotations(tmp_path / SELECTED_FILE)) == 3
+
+
+def test_difficulty_selection_divides_by_the_density_of_d(tmp_path):
+    """90 easy queries (d 0.1) and 10 hard ones (d 0.9) under a flat Gaussian: the weights are 1 / density (both
+    clusters weigh the same in all), so a draw of 20 takes 7-8 hard ones on average (without replacement, the 10 run
+    out), where the pool's own share would give 2."""
+    rows, scores = difficulty_scores([0.1] * 90 + [0.9] * 10)
+    args = SelectionArguments(mode="difficulty", target_count=20, difficulty_centre=0.5, difficulty_width=1e6)
+    hard = []
+    for seed in range(10):
+        report = write_selection(rows, scores, args, tmp_path, {"seed": seed})
+        hard.append(report["difficulty_histogram"]["after"][9])
+    assert 6 <= sum(hard) / len(hard) <= 9 and min(hard) >= 5, hard
+    # The same scores and seed draw the same queries; a switch back to filter mode samples nothing new.
+    again = write_selection(rows, scores, args, tmp_path, {"seed": 9})
+    assert again["difficulty_histogram"]["after"][9] == hard[-1]
+    assert write_selection(rows, scores, SelectionArguments(), tmp_path, {})["counts"]["kept"] == 100
+
+
+def test_difficulty_mode_needs_a_target():
+    with pytest.raises(ValueError, match="--mode difficulty needs --target_count"):
+        SelectionArguments(mode="difficulty")
+    with pytest.raises(ValueError, match="--mode must be filter or difficulty"):
+        SelectionArguments(mode="hard")

@@ -19,6 +19,9 @@ the ones a GRPO step would see. It records each query's rewards, their mean and 
 A query is kept when its total rewards differ (standard deviation not close to 0, as TRL tests it for
 ``frac_reward_zero_std``), their standard deviation is at least ``--min_reward_std`` and its mean IoU reward is at most
 ``--max_mean_iou``. Once every query is scored, running again with other thresholds only refilters.
+
+``--mode difficulty --target_count N`` draws N queries instead, weighted towards a difficulty d = 1 - mean IoU
+(TimeLens's data recipe, :func:`draw_by_difficulty`), from the same scores.
 """
 
 from __future__ import annotations
@@ -68,11 +71,28 @@ class SelectionArguments:
     overwrite_scores: bool = field(
         default=False, metadata={"help": "Discard scores of an earlier run in --output_dir instead of resuming."}
     )
+    mode: str = field(
+        default="filter",
+        metadata={"help": "filter: the thresholds above; difficulty: draw --target_count queries with Gaussian weights "
+                  "over the difficulty d = 1 - mean IoU divided by the density of d (TimeLens). Both from the same "
+                  "scores: switching mode samples nothing again."},
+    )  # fmt: skip
+    target_count: int = field(default=0, metadata={"help": "Queries drawn by --mode difficulty (required there)."})
+    difficulty_centre: float = field(
+        default=0.95, metadata={"help": "Centre of the Gaussian over d (TimeLens's code: mean IoU about 0.05)."}
+    )
+    difficulty_width: float = field(default=0.2, metadata={"help": "Its standard deviation (TimeLens: 0.2)."})
 
     def __post_init__(self):
         from open_r1.configs import check_finite
 
         check_finite(self)
+        if self.mode not in ("filter", "difficulty"):
+            raise ValueError(f"--mode must be filter or difficulty, got {self.mode!r}")
+        if self.mode == "difficulty" and self.target_count < 1:
+            raise ValueError("--mode difficulty needs --target_count N (how many queries to draw)")
+        if self.difficulty_width <= 0:
+            raise ValueError(f"--difficulty_width must be positive, got {self.difficulty_width}")
         if self.min_reward_std < 0:
             raise ValueError(f"--min_reward_std must be at least 0, got {self.min_reward_std}")
         if not 0.0 <= self.max_mean_iou <= 1.0:
@@ -93,6 +113,40 @@ def decide(score: dict, min_reward_std: float, max_mean_iou: float) -> str:
     if score["mean_iou"] is not None and score["mean_iou"] > max_mean_iou:
         return "solved"
     return "kept"
+
+
+DIFFICULTY_BINS = 10
+
+
+def difficulty_histogram(difficulties: list[float]) -> list[int]:
+    """Counts of d in :data:`DIFFICULTY_BINS` equal bins over [0, 1] (d = 1 closes the last bin)."""
+    counts = [0] * DIFFICULTY_BINS
+    for d in difficulties:
+        counts[difficulty_bin(d)] += 1
+    return counts
+
+
+def difficulty_bin(d: float) -> int:
+    """d's bin; 1e-9 absorbs the rounding of ``1 - mean IoU`` (1 - 0.9 is 0.09999999999999998, not bin 0)."""
+    return min(max(int(d * DIFFICULTY_BINS + 1e-9), 0), DIFFICULTY_BINS - 1)
+
+
+def draw_by_difficulty(difficulty: dict[str, float], target: int, centre: float, width: float, seed: int) -> set[str]:
+    """``target`` query ids drawn without replacement with weight ``exp(-(d - centre)^2 / 2 width^2) / density(d)``,
+    the density being the share of queries in d's bin (:func:`difficulty_histogram`): the drawn set's difficulties
+    follow the Gaussian rather than the pool's own distribution (TimeLens). Efraimidis-Spirakis keys ``u^(1/w)``,
+    seeded: the same scores and seed draw the same queries."""
+    import random
+
+    counts = difficulty_histogram(list(difficulty.values()))
+    generator = random.Random(seed)
+    keys = []
+    for query_id, d in sorted(difficulty.items()):
+        density = counts[difficulty_bin(d)] / len(difficulty)
+        weight = math.exp(-((d - centre) ** 2) / (2 * width**2)) / density
+        # log(u) / w orders as u^(1/w) without underflow; a weight that underflows to 0 is drawn last.
+        keys.append((math.log(1.0 - generator.random()) / weight if weight > 0 else -math.inf, query_id))
+    return {query_id for _, query_id in sorted(keys, reverse=True)[:target]}
 
 
 def query_score(row: dict, rewards: dict[str, list[float]], total: list[float], spans: list) -> dict:
@@ -156,10 +210,29 @@ def write_selection(rows: list[dict], scores: dict[str, dict], args: SelectionAr
     if missing:
         raise RuntimeError(f"{len(missing)} queries have no score (e.g. {missing[0]}); run again to resume")
     reasons = {"kept": 0, "unscored": 0, "equal_rewards": 0, "low_std": 0, "solved": 0}
+    difficulty = {
+        row["query_id"]: 1.0 - min(max(scores[row["query_id"]]["mean_iou"], 0.0), 1.0)
+        for row in rows
+        if scores[row["query_id"]]["mean_iou"] is not None
+    }
+    drawn = None
+    if args.mode == "difficulty":
+        reasons = {"kept": 0, "unscored": 0, "not_drawn": 0}
+        drawn = draw_by_difficulty(difficulty, args.target_count, args.difficulty_centre, args.difficulty_width,
+                                   int(config.get("seed") or 0))  # fmt: skip
     selected: dict[str, dict] = {}
     kept_ids = []
     for row in rows:
-        reason = decide(scores[row["query_id"]], args.min_reward_std, args.max_mean_iou)
+        if drawn is None:
+            reason = decide(scores[row["query_id"]], args.min_reward_std, args.max_mean_iou)
+        else:
+            reason = (
+                "unscored"
+                if row["query_id"] not in difficulty
+                else "kept"
+                if row["query_id"] in drawn
+                else "not_drawn"
+            )
         reasons[reason] += 1
         if reason != "kept":
             continue
@@ -172,8 +245,16 @@ def write_selection(rows: list[dict], scores: dict[str, dict], args: SelectionAr
     spreads = [s for s in (scores[row["query_id"]]["span_spread"] for row in rows) if s is not None]
     report = {
         "config": config,
-        "thresholds": {"min_reward_std": args.min_reward_std, "max_mean_iou": args.max_mean_iou},
+        "mode": args.mode,
+        "thresholds": {"min_reward_std": args.min_reward_std, "max_mean_iou": args.max_mean_iou}
+        if drawn is None
+        else {"target_count": args.target_count, "centre": args.difficulty_centre, "width": args.difficulty_width},
         "counts": {"queries": len(rows), **reasons},
+        # d = 1 - mean IoU of the sampled answers, in 10 bins over [0, 1]: the pool, and what was kept.
+        "difficulty_histogram": {
+            "before": difficulty_histogram(list(difficulty.values())),
+            "after": difficulty_histogram([difficulty[q] for q in kept_ids if q in difficulty]),
+        },
         "signal": {
             "zero_std_share": sum(map(is_zero_std, stds)) / len(stds) if stds else None,
             "group_reward_std": sum(stds) / len(stds) if stds else None,
@@ -330,6 +411,11 @@ def _select(trainer, rows, dataset, output_dir: Path, config: dict, selection_ar
     scores = read_scores(output_dir, rows)
     report = write_selection(rows, scores, selection_args, output_dir, config)
     counts = report["counts"]
+    if report["mode"] == "difficulty":
+        logger.info("drew %d of %d queries by difficulty (%d unscored); d histogram before %s, after %s -> %s",
+                    counts["kept"], counts["queries"], counts["unscored"], report["difficulty_histogram"]["before"],
+                    report["difficulty_histogram"]["after"], report["selected_file"])  # fmt: skip
+        return report
     if counts["queries"] and counts["equal_rewards"] + counts["unscored"] == counts["queries"]:
         parsed = [s for s in scores.values() if s.get("mean_iou")]
         logger.warning(
