@@ -286,3 +286,22 @@ def test_the_demo_samples_as_its_recipe_says(tmp_path):
     for key, value in DEMO_SAMPLING.items():
         assert getattr(demo, key) == getattr(from_recipe, key) == value, key
     assert demo.top_k == 50  # the paper's (the original's GenerationConfig default), not TRL's 0
+
+
+def test_the_readme_names_the_default_run_and_the_scripts_say_what_they_do():
+    """The README names the demo's default seed with the numbers that run prints, and the launch scripts keep the
+    demo's thread rule (one thread unless OMP_NUM_THREADS): before, demo.sh exported 2 threads and said ~4.5 min, and
+    the build script's 2 threads gave another warm start than the default run's."""
+    import inspect
+
+    from open_r1 import demo
+
+    repo = Path(__file__).resolve().parents[1]
+    default_seed = int(inspect.getsource(demo.main).split('"--seed", type=int, default=')[1].split(",")[0])
+    readme = (repo / "README.md").read_text()
+    assert f"The default run is **seed {default_seed}**" in readme
+    assert f"| `python -m open_r1.demo` (seed {default_seed}) |" in readme
+    for script in ("demo.sh", "build_demo_warm_start.sh"):
+        text = (repo / "scripts" / script).read_text().lower()
+        assert "export omp_num_threads" not in text and "one" in text and "thread" in text, script
+    assert "about 6 minutes on 2 idle cores" in (repo / "scripts" / "demo.sh").read_text()
