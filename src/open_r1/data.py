@@ -421,15 +421,22 @@ def load_annotations(
     return (rows, stats) if return_stats else rows
 
 
+def dataset_splits(dataset: str) -> list[str] | None:
+    """The split names of a bundled dataset or of a TimeLens-Bench one (its single ``test``); None if unknown."""
+    if dataset in TIMELENS_BENCH:
+        return ["test"]
+    return list(DATASETS[dataset]) if dataset in DATASETS else None
+
+
 def split_path(dataset: str, split: str) -> Path:
     """The annotation file of ``dataset``/``split`` (bundled, or TimeLens-Bench's single ``test`` split, see
     :data:`TIMELENS_BENCH`); unknown names raise ``ValueError`` listing valid ones."""
-    if dataset not in DATASETS and dataset not in TIMELENS_BENCH:
+    splits = dataset_splits(dataset)
+    if splits is None:
         raise ValueError(
             f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(DATASETS))} (bundled), "
             f"{', '.join(TIMELENS_BENCH)} (TimeLens-Bench)"
         )
-    splits = DATASETS.get(dataset, {"test": None})
     if split not in splits:
         raise ValueError(f"unknown split {split!r} for dataset {dataset!r}; known splits: {', '.join(splits)}")
     if dataset in TIMELENS_BENCH:
@@ -441,7 +448,7 @@ def split_path(dataset: str, split: str) -> Path:
                 "folder holding data/ or set TIMELENS_BENCH_DIR (or give the file with --annotation_file)"
             )
         return path
-    return ANNOTATIONS_DIR / splits[split]
+    return ANNOTATIONS_DIR / DATASETS[dataset][split]
 
 
 def check_benchmark_size(dataset: str, rows: Sequence[dict[str, Any]], path: str | Path) -> str | None:

@@ -57,7 +57,7 @@ def video_ids_from_sources(sources: list[str]) -> list[str]:
 
 def video_durations_from_sources(sources: list[str]) -> dict[str, float | None]:
     """Video id -> the longest duration the annotations give it (first-seen order), None when they give none."""
-    from open_r1.data import DATASETS, TIMELENS_BENCH, load_annotations, split_path
+    from open_r1.data import DATASETS, TIMELENS_BENCH, dataset_splits, load_annotations, split_path
 
     ids: dict[str, float | None] = {}
     for source in sources:
@@ -65,12 +65,13 @@ def video_durations_from_sources(sources: list[str]) -> dict[str, float | None]:
             paths = [Path(source)]
         else:
             name, _, split = source.partition(":")
-            if name not in DATASETS and name not in TIMELENS_BENCH:
+            known = dataset_splits(name)
+            if known is None:
                 raise ValueError(
                     f"{source!r} is neither an annotation file nor a dataset; datasets: "
                     f"{', '.join([*sorted(DATASETS), *TIMELENS_BENCH])}"
                 )
-            splits = [split] if split else list(DATASETS.get(name, {"test": None}))
+            splits = [split] if split else known
             paths = [split_path(name, one) for one in splits]
         for path in paths:
             for row in load_annotations(path):

@@ -23,12 +23,17 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from open_r1.evaluation.predictions import PREDICTIONS_FILE, PredictionsFileError, record_problem, write_jsonl_atomic
+from open_r1.evaluation.predictions import (
+    PREDICTIONS_FILE,
+    PredictionsFileError,
+    is_span,
+    record_problem,
+    write_jsonl_atomic,
+)
 
 FORMATS = ("lmms-eval", "timelens")
 
@@ -38,13 +43,8 @@ def _fail(path: Path, where: str, message: str) -> PredictionsFileError:
 
 
 def _span(value: Any) -> list[float] | None:
-    if (
-        isinstance(value, (list, tuple))
-        and len(value) == 2
-        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
-    ):
-        return [float(value[0]), float(value[1])]
-    return None
+    """``[start, end]`` as floats when ``value`` is a span as a predictions line holds one, else None."""
+    return [float(value[0]), float(value[1])] if is_span(value) else None
 
 
 def parse_key(key: str, path: Path, where: str) -> tuple[str, str, list[float]]:

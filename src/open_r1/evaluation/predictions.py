@@ -13,7 +13,7 @@ from typing import Any
 
 from open_r1.evaluation.metrics import compute_metrics, rescore_record
 from open_r1.evaluation.plots import plot_predictions
-from open_r1.evaluation.protocols import check_protocol, protocol_report
+from open_r1.evaluation.protocols import DEFAULT_PROTOCOL, protocol_report
 from open_r1.jsonl import read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_span(value) -> bool:
+def is_span(value) -> bool:
+    """``[start, end]``: two finite numbers (not booleans) in a list or tuple."""
     return isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(x) for x in value)
 
 
@@ -54,9 +55,9 @@ def record_problem(record) -> str | None:
         if not (isinstance(record.get("video_id"), str) and isinstance(record.get("query"), str)):
             return "has no query_id (nor video_id and query)"
     gt = record.get("gt")
-    if not isinstance(gt, list) or not gt or not all(_is_span(window) for window in gt):
+    if not isinstance(gt, list) or not gt or not all(is_span(window) for window in gt):
         return "has no gt list of [start, end] numbers"
-    if record.get("pred") is not None and not _is_span(record["pred"]):
+    if record.get("pred") is not None and not is_span(record["pred"]):
         return f"has a pred that is not [start, end] numbers: {str(record['pred'])[:60]}"
     if record.get("output") is not None and not isinstance(record["output"], str):
         return "has an output that is not text"
@@ -152,7 +153,11 @@ def merge_predictions(output_dir: str | Path, order: Sequence[str] = ()) -> Path
 
 
 def rescore_predictions(
-    path: str | Path, write: bool = True, plot: bool = True, allow_mixed: bool = False, protocol: str = "timezero"
+    path: str | Path,
+    write: bool = True,
+    plot: bool = True,
+    allow_mixed: bool = False,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> dict[str, Any]:
     """Metrics of a predictions file alone (no model); writes ``metrics.json`` (and the plot) beside it. Every line's
     raw answer is scored under every protocol (:mod:`~open_r1.evaluation.protocols`), ``protocol``'s at the top.
@@ -177,7 +182,6 @@ def rescore_predictions(
             f"{path} mixes predictions of {len(runs)} runs with different settings or splits (run_id {first}: "
             f"{n_first} lines, {second}: {n_second} lines, ...); pass --allow_mixed to score them together"
         )
-    check_protocol(protocol)
     report = protocol_report(records, protocol, _run_config_value(path.parent, "max_new_tokens"))
     records = [rescore_record(r) for r in records]
     metrics = compute_metrics(records) | report

@@ -33,14 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from open_r1.evaluation.metrics import IOU_TIE_EPS, THRESHOLDS
-from open_r1.grounding import parse_span_with_rule, temporal_iou
+from open_r1.evaluation.metrics import IOU_TIE_EPS, THRESHOLDS, score_output
+from open_r1.grounding import temporal_iou
 
 __all__ = [
     "DEFAULT_PROTOCOL",
     "LMMS_EVAL_MAX_NEW_TOKENS",
     "PROTOCOLS",
-    "TIMELENS_MAX_NEW_TOKENS",
     "Scored",
     "check_protocol",
     "parse_lmms_eval",
@@ -53,9 +52,8 @@ __all__ = [
 
 PROTOCOLS = ("timezero", "timezero-original", "lmms-eval", "timelens")
 DEFAULT_PROTOCOL = "timezero"
-# The generation budgets of the harnesses (greedy both): lmms-eval's charades_sta / timelens tasks, and TimeLens's own.
+# lmms-eval's generation budget (greedy) in its charades_sta and timelens tasks.
 LMMS_EVAL_MAX_NEW_TOKENS = 50
-TIMELENS_MAX_NEW_TOKENS = 512
 
 Span = tuple[float, float]
 
@@ -187,12 +185,12 @@ def score_record(record: dict[str, Any], protocol: str, unit: float | None = Non
     output = record.get("output")
     if output is None and record.get("pred") is None:  # no video, no answer: the protocol's failure rule
         return Scored(None, None if protocol == "timezero-original" else 0.0, True)
-    if protocol == "timezero":
-        if output is not None:
-            span, _ = parse_span_with_rule(output)
-        else:
+    if protocol == "timezero":  # the metric's own scoring of an answer (metrics.score_output)
+        if output is None:
             span = tuple(record["pred"])
-        return Scored(span, float(temporal_iou(span, gt)) if span else 0.0, span is None)
+            return Scored(span, float(temporal_iou(span, gt)), False)
+        scored = score_output(output, gt)
+        return Scored(scored["pred"] and tuple(scored["pred"]), scored["iou"], scored["error"] is not None)
     parse = {"timezero-original": parse_timezero_original, "lmms-eval": parse_lmms_eval, "timelens": parse_timelens}
     span = parse[protocol](output) if output is not None else tuple(float(x) for x in record["pred"])
     if span is None:
@@ -262,9 +260,6 @@ def generation_report(records: Sequence[dict[str, Any]], max_new_tokens: int | N
             sum(r["num_tokens"] > LMMS_EVAL_MAX_NEW_TOKENS for r in counted) if known else None
         ),
     }
-
-
-TOP_KEYS = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
 
 
 def protocol_report(

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from open_r1.configs import EvalArguments
-from open_r1.data import DATASETS, TIMELENS_BENCH, check_benchmark_size, load_annotations, load_split, split_path
+from open_r1.data import (
+    TIMELENS_BENCH,
+    check_benchmark_size,
+    dataset_splits,
+    load_annotations,
+    load_split,
+    split_path,
+)
 from open_r1.decoding import GeneratedText, StaticDecoder, answer_lengths, empty_static_cache, use_static_decode
 from open_r1.evaluation.metrics import IOU_TIE_EPS, compute_metrics, record_iou, score_output
 from open_r1.evaluation.plots import plot_predictions
@@ -59,7 +66,7 @@ def resolve_queries(args: EvalArguments) -> tuple[list[dict[str, Any]], str]:
         name = Path(args.annotation_file).stem
         check_benchmark_size(args.dataset, rows, args.annotation_file)  # a TimeLens-Bench file given by path
     else:
-        split = args.split or DEFAULT_SPLITS.get(args.dataset) or next(iter(DATASETS.get(args.dataset, {})), "")
+        split = args.split or DEFAULT_SPLITS.get(args.dataset) or (dataset_splits(args.dataset) or [""])[0]
         split_path(args.dataset, split)  # unknown names raise here, listing the valid ones
         rows = load_split(args.dataset, split)
         name = f"{args.dataset}_{split}"
