@@ -305,3 +305,27 @@ def test_the_readme_names_the_default_run_and_the_scripts_say_what_they_do():
         text = (repo / "scripts" / script).read_text().lower()
         assert "export omp_num_threads" not in text and "one" in text and "thread" in text, script
     assert "about 6 minutes on 2 idle cores" in (repo / "scripts" / "demo.sh").read_text()
+
+
+def test_the_paired_comparison_of_two_demo_runs(tmp_path, capsys):
+    """benchmarks/demo_paired.py (the README's selection − no selection figures): B − A per query, by paired_change."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_paired", Path(__file__).resolve().parents[1] / "benchmarks" / "demo_paired.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, ious in (("a", [0.5, 0.0, 0.25]), ("b", [1.0, 0.0, 0.0])):
+        folder = tmp_path / name / "eval" / "grpo"
+        folder.mkdir(parents=True)
+        lines = [{"query_id": f"v#{i}", "video_id": "v", "query": "q", "gt": [[0.0, 1.0]], "pred": None, "iou": iou,
+                  "output": "x"} for i, iou in enumerate(ious)]  # fmt: skip
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    change = module.main([str(tmp_path / "a"), str(tmp_path / "b")])
+    from statistics import stdev
+
+    standard_error = round(stdev([50.0, 0.0, -25.0]) / 3**0.5, 2)  # per-query changes in points
+    assert change == {"mean": 8.33, "standard_error": standard_error, "num_queries": 3}
+    assert f"+8.33 (paired SE {standard_error:.2f}, 3 queries)" in capsys.readouterr().out
