@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from open_r1.decoding import check_decode_mode, check_rollout_weights
 from open_r1.positions import DEFAULT_POSITION_LAYOUT, POSITION_LAYOUTS
+from open_r1.timestamps import check_timestamps
 
 # The paper's video settings (TimeZero section 4.1): 2 fps, at most 3584*28*28 pixels for the whole clip and at least
 # 16*28*28 pixels per frame. The frame cap is qwen-vl-utils' FPS_MAX_FRAMES.
@@ -144,6 +145,18 @@ class VideoDataArguments(VideoArguments):
             "video's largest position + 1) or 'transformers' (the installed library's, for comparison)."
         },
     )
+    timestamps: str = field(
+        default="mrope",
+        metadata={
+            "help": "How the prompt tells time: 'mrope' (the paper's: only the 3-D rope positions) or 'interleaved' "
+            "(TimeLens: each temporal patch's time as text before its tokens, and a sentence saying so; see "
+            "open_r1.timestamps). Recorded in a trained checkpoint."
+        },
+    )
+    allow_format_mismatch: bool = field(
+        default=False,
+        metadata={"help": "Run a checkpoint with a --timestamps other than the one it was trained with."},
+    )
 
     shared_work: bool = field(
         default=True,
@@ -169,6 +182,12 @@ class VideoDataArguments(VideoArguments):
         if self.position_layout not in POSITION_LAYOUTS:
             raise ValueError(
                 f"position_layout must be one of {', '.join(POSITION_LAYOUTS)}, got {self.position_layout!r}"
+            )
+        check_timestamps(self.timestamps)
+        if self.timestamps == "interleaved" and self.position_layout != "reference":
+            raise ValueError(
+                "--timestamps interleaved needs --position_layout reference: the installed transformers' layout "
+                "expects one block of video tokens per video"
             )
 
 

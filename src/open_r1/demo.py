@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from open_r1.configs import EvalArguments, GRPOScriptArguments, VideoArguments
+from open_r1.timestamps import PROMPT_FORMAT_FILE
 
 logger = logging.getLogger("open_r1.demo")
 
@@ -271,6 +272,8 @@ def export_checkpoint(source: Path, destination: Path) -> Path:
     destination.mkdir(parents=True, exist_ok=True)
     for name in CHECKPOINT_FILES:
         shutil.copyfile(Path(source) / name, destination / name)
+    if (Path(source) / PROMPT_FORMAT_FILE).is_file():  # the prompt layout it was trained with, when recorded
+        shutil.copyfile(Path(source) / PROMPT_FORMAT_FILE, destination / PROMPT_FORMAT_FILE)
     return destination
 
 

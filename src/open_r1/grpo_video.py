@@ -122,7 +122,9 @@ def build_dataset(rows: list[dict], script_args: GRPOScriptArguments):
     return Dataset.from_list(
         [
             {
-                "prompt": build_conversation(row["query"], think=think, video_first=script_args.video_first),
+                "prompt": build_conversation(
+                    row["query"], think=think, video_first=script_args.video_first, timestamps=script_args.timestamps
+                ),
                 "video_id": row["video_id"],
                 "query_id": row["query_id"],
                 # Reward contract: every ground-truth window (the best-matching one counts).
@@ -177,9 +179,12 @@ def preflight(script_args, training_args, model_args, world: int | None = None, 
     functions (training only), the rows, the video source and the checkpoint to resume."""
     from open_r1.preflight import Preflight, model_problem, output_problem
     from open_r1.rewards import get_reward_funcs
+    from open_r1.timestamps import check_prompt_format
 
     checks = Preflight(job)
     checks.add(model_problem(model_args.model_name_or_path))
+    checks.run(check_prompt_format, model_args.model_name_or_path, script_args.timestamps,
+               script_args.allow_format_mismatch)  # fmt: skip
     checks.add(output_problem(training_args.output_dir))
     checks.run(check_reporting, training_args)
     grpo = hasattr(script_args, "reward_funcs")
@@ -229,7 +234,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         callbacks=callbacks,
         peft_config=get_peft_config(model_args),  # None unless --use_peft
     )
-    return train_and_save(trainer, processor, checkpoint)
+    return train_and_save(trainer, processor, checkpoint, script_args)
 
 
 def load_for_training(script_args, training_args, model_args):
@@ -247,13 +252,23 @@ def load_for_training(script_args, training_args, model_args):
     return model, load_processor(model_args.model_name_or_path), reference_dtype
 
 
-def train_and_save(trainer, processor, checkpoint: str | None):
+def train_and_save(trainer, processor, checkpoint: str | None, script_args=None):
     """Train (resuming from ``checkpoint``), then save model and processor together, so `evaluate.py --model_base
-    OUTPUT_DIR` (and GRPO after a warm start) can load the folder."""
+    OUTPUT_DIR` (and GRPO after a warm start) can load the folder. The prompt settings of ``script_args``
+    (``--timestamps``, ``--no_think``, ``--video_first``) go into the folder and every checkpoint
+    (:data:`open_r1.timestamps.PROMPT_FORMAT_FILE`)."""
+    from open_r1.timestamps import prompt_format_callback, write_prompt_format
+
+    prompt_format = None
+    if script_args is not None:
+        prompt_format = (script_args.timestamps, script_args.no_think, script_args.video_first)
+        trainer.add_callback(prompt_format_callback(*prompt_format))
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(trainer.args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(trainer.args.output_dir)
+        if prompt_format is not None:
+            write_prompt_format(trainer.args.output_dir, *prompt_format)
         readable_by_others(trainer.args.output_dir)
     return trainer
 

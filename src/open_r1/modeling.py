@@ -361,7 +361,7 @@ def encode_batch(
                 f"clip frames must be uint8 with height and width multiples of {factor} (resized by open_r1.video), "
                 f"got {tuple(clip.frames.shape)} {clip.frames.dtype}"
             )
-    return processor(
+    encoded = processor(
         text=texts,
         videos=[clip.frames for clip in clips],
         video_metadata=[video_metadata(clip) for clip in clips],
@@ -372,6 +372,60 @@ def encode_batch(
         padding_side=padding_side,
         return_tensors="pt",
     )
+    modes = {prompt_timestamps(conv) for conv in conversations}
+    if len(modes) > 1:
+        raise ValueError(f"a batch mixes prompt layouts {sorted(modes)}: encode each --timestamps mode separately")
+    if modes == {"interleaved"}:
+        _interleave_timestamps(processor, encoded, texts, clips, padding_side)
+    return encoded
+
+
+def prompt_timestamps(conversation: list[dict]) -> str:
+    """The ``timestamps`` mode a conversation's video item asks for (``"mrope"`` when it names none)."""
+    from open_r1.timestamps import DEFAULT_TIMESTAMPS, check_timestamps
+
+    for message in conversation:
+        content = message.get("content")
+        for item in content if isinstance(content, list) else ():
+            if isinstance(item, dict) and item.get("type") == "video":
+                return check_timestamps(item.get("timestamps") or DEFAULT_TIMESTAMPS)
+    return DEFAULT_TIMESTAMPS
+
+
+def _interleave_timestamps(processor, encoded: BatchFeature, texts: list[str], clips: Sequence, padding_side: str):
+    """Re-tokenize ``texts`` with each temporal patch's time before its tokens (:mod:`open_r1.timestamps`), in place.
+
+    The pixels, ``video_grid_thw`` (one ``(T, H, W)`` row per video) and ``second_per_grid_ts`` stay the
+    processor's; ``input_ids``, ``attention_mask`` and ``mm_token_type_ids`` are replaced. The whole prompt is
+    tokenized as one text, as the processor does, so the timestamps tokenize as they would in context.
+    """
+    from open_r1.positions import VIDEO_TYPE
+    from open_r1.timestamps import interleaved_video_text, patch_times
+
+    video_processor = processor.video_processor
+    per_token = video_processor.merge_size**2
+    start, end, pad = "<|vision_start|>", "<|vision_end|>", processor.video_token
+    block = start + pad + end
+    interleaved = []
+    for text, clip, grid in zip(texts, clips, encoded["video_grid_thw"].tolist()):
+        if text.count(block) != 1:
+            raise ValueError(f"the rendered prompt lacks {block!r} around its video: the chat template is not Qwen's")
+        times = patch_times(clip, video_processor.temporal_patch_size)
+        if len(times) != grid[0]:
+            raise ValueError(f"{len(times)} temporal patches of timestamps for a video grid {tuple(grid)}")
+        video = interleaved_video_text(times, grid[1] * grid[2] // per_token, start, pad, end)
+        interleaved.append(text.replace(block, video, 1))
+    tokens = processor.tokenizer(interleaved, padding=True, padding_side=padding_side, return_tensors="pt")
+    video_token_id = processor.tokenizer.convert_tokens_to_ids(pad)
+    counts = (tokens["input_ids"] == video_token_id).sum(-1)
+    expected = encoded["video_grid_thw"].prod(-1) // per_token
+    if not torch.equal(counts, expected):
+        raise ValueError(
+            f"interleaving gave {counts.tolist()} video tokens per row, the grids need {expected.tolist()}"
+        )
+    encoded["input_ids"] = tokens["input_ids"]
+    encoded["attention_mask"] = tokens["attention_mask"]
+    encoded["mm_token_type_ids"] = (tokens["input_ids"] == video_token_id).long() * VIDEO_TYPE
 
 
 def per_row_patches(pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:

@@ -58,7 +58,10 @@ def reference_rope_index(
     """3-D positions of a left- or right-padded batch, laid out as Qwen2.5-VL's reference implementation does.
 
     Vision blocks are found from the placeholder tokens themselves (as the reference does), and consumed in order
-    from ``image_grid_thw`` / ``video_grid_thw`` / ``second_per_grid_ts`` across the batch.
+    from ``image_grid_thw`` / ``video_grid_thw`` / ``second_per_grid_ts`` across the batch. A video whose temporal
+    patches are separated by text (``--timestamps interleaved``, :mod:`open_r1.timestamps`) spans several blocks
+    that consume its grid in order; each block is laid out by the rule on its own (temporal index from 0 at the
+    block's start, text after it at its largest position + 1).
 
     Returns:
         ``position_ids`` of shape ``(3, batch, length)`` (0 on padding) and ``deltas`` of shape ``(batch, 1)``:
@@ -81,23 +84,37 @@ def reference_rope_index(
         pieces = []
         next_pos = 0  # the reference's st_idx: 0, then (largest position so far) + 1
         done = 0
+        # A video whose temporal patches are split by text (interleaved timestamps) spans several runs: the grid
+        # not yet consumed, its interval and the temporal patches left.
+        video_left = None
         for kind, start, end in _vision_runs(ids, image_token_id, video_token_id):
             if start > done:
                 pieces.append(torch.arange(start - done).expand(3, -1) + next_pos)
                 next_pos += start - done
-            grid = next(images if kind == IMAGE_TYPE else videos, None)
-            if grid is None:
-                raise ValueError(f"row {row} has more {'image' if kind == IMAGE_TYPE else 'video'} blocks than grids")
-            grid_t, grid_h, grid_w = grid[0], grid[1] // spatial_merge_size, grid[2] // spatial_merge_size
-            if end - start != grid_t * grid_h * grid_w:
+            if kind == VIDEO_TYPE and video_left is not None:
+                grid, interval, patches_left = video_left
+            else:
+                grid = next(images if kind == IMAGE_TYPE else videos, None)
+                if grid is None:
+                    raise ValueError(
+                        f"row {row} has more {'image' if kind == IMAGE_TYPE else 'video'} blocks than grids"
+                    )
+                patches_left = grid[0]
+                if kind == VIDEO_TYPE:
+                    interval = next(intervals) if intervals is not None else torch.tensor(1.0)
+                else:
+                    interval = torch.tensor(0.0)  # a still image has one temporal step
+            grid_h, grid_w = grid[1] // spatial_merge_size, grid[2] // spatial_merge_size
+            # Every run is a block of its own; a video run may hold some of its grid's temporal patches.
+            grid_t = (end - start) // (grid_h * grid_w)
+            if grid_t * grid_h * grid_w != end - start or not 0 < grid_t <= patches_left:
                 raise ValueError(
                     f"row {row}: a block of {end - start} vision tokens does not match its grid {tuple(grid)} "
-                    f"(spatial merge {spatial_merge_size})"
+                    f"(spatial merge {spatial_merge_size}, {patches_left} temporal patches left)"
                 )
-            if kind == VIDEO_TYPE:
-                interval = next(intervals) if intervals is not None else torch.tensor(1.0)
-            else:
-                interval = torch.tensor(0.0)  # a still image has one temporal step
+            if kind == IMAGE_TYPE and grid_t != patches_left:
+                raise ValueError(f"row {row}: an image block of {end - start} tokens, its grid {tuple(grid)}")
+            video_left = (grid, interval, patches_left - grid_t) if patches_left > grid_t else None
             # Reference: (grid index x second_per_grid_t) x tokens_per_second, then truncation to an integer.
             time = (torch.arange(grid_t, dtype=torch.float32) * interval * tokens_per_second).long()
             t_index = time.view(-1, 1, 1).expand(grid_t, grid_h, grid_w).flatten()
@@ -107,6 +124,8 @@ def reference_rope_index(
             pieces.append(block)
             next_pos = int(block.max()) + 1
             done = end
+        if video_left is not None:
+            raise ValueError(f"row {row}: its last video block leaves {video_left[2]} temporal patches of its grid")
         if done < len(ids):
             pieces.append(torch.arange(len(ids) - done).expand(3, -1) + next_pos)
         positions = torch.cat(pieces, dim=1) if pieces else torch.zeros(3, 0, dtype=torch.long)

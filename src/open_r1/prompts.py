@@ -6,6 +6,7 @@ what the model sees, so both `grpo_video.py` and `evaluation/runner.py` build th
 """
 
 from open_r1.data import normalize_query
+from open_r1.timestamps import DEFAULT_TIMESTAMPS, TIMESTAMP_SENTENCE, check_timestamps
 
 __all__ = [
     "EVENT_PLACEHOLDER",
@@ -55,7 +56,9 @@ def build_question(query: str, think: bool = True) -> str:
     return template.replace(EVENT_PLACEHOLDER, normalize_query(query))
 
 
-def build_conversation(query: str, think: bool = True, video_first: bool = False) -> list[dict]:
+def build_conversation(
+    query: str, think: bool = True, video_first: bool = False, timestamps: str = DEFAULT_TIMESTAMPS
+) -> list[dict]:
     """The chat messages for one query, ready for `processor.apply_chat_template`.
 
     The video itself is not embedded: the message holds a `{"type": "video"}` placeholder that the chat template
@@ -66,12 +69,19 @@ def build_conversation(query: str, think: bool = True, video_first: bool = False
         think: Request `<think>` reasoning (paper default) or only the answer.
         video_first: Put the video before the text. The paper puts the text first (the default, which the released
             checkpoints expect); the video first is known to help the untrained base model.
+        timestamps: "mrope" (the paper's: time only in the rope positions) or "interleaved" (the question starts with
+            `open_r1.timestamps.TIMESTAMP_SENTENCE`, and the video item carries `"timestamps": "interleaved"`, which
+            `open_r1.modeling.encode_batch` reads to put each temporal patch's time before its tokens).
 
     Returns:
         `[{"role": "user", "content": [text part, video part]}]`, parts ordered per `video_first`.
     """
-    text = {"type": "text", "text": build_question(query, think=think)}
+    question = build_question(query, think=think)
     video = {"type": "video"}
+    if check_timestamps(timestamps) == "interleaved":
+        question = f"{TIMESTAMP_SENTENCE} {question}"
+        video["timestamps"] = timestamps
+    text = {"type": "text", "text": question}
     content = [video, text] if video_first else [text, video]
     return [{"role": "user", "content": content}]
 

@@ -52,7 +52,7 @@ CONFIG_FILE = "selection_config.json"
 # What makes two scoring runs comparable: a resumed run must sample the same way from the same checkpoint.
 CONFIG_KEYS = ("model", "weights", "annotation_file", "dataset", "split", "num_generations", "temperature", "top_k", "top_p",
                "min_p", "repetition_penalty", "max_completion_length", "reward_funcs", "reward_weights", "no_think",
-               "video_first", "video", "position_layout")  # fmt: skip
+               "video_first", "video", "position_layout", "timestamps")  # fmt: skip
 
 
 @dataclass
@@ -373,6 +373,7 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         # What the model sees of each video (frame rate, pixel budgets, frame cap) and where it places it.
         "video": dataclasses.asdict(script_args.to_settings()),
         "position_layout": script_args.position_layout,
+        "timestamps": script_args.timestamps,
         "seed": training_args.seed,
     }
     dataset = build_dataset(rows, script_args)

@@ -57,7 +57,9 @@ def build_dataset(rows: list[dict], script_args: SFTScriptArguments):
     return Dataset.from_list(
         [
             {
-                "prompt": build_conversation(row["query"], think=think, video_first=script_args.video_first),
+                "prompt": build_conversation(
+                    row["query"], think=think, video_first=script_args.video_first, timestamps=script_args.timestamps
+                ),
                 "video_id": row["video_id"],
                 # The first window is the target (a query with several windows is a QVHighlights-style exception).
                 "answer": build_answer(
@@ -139,7 +141,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         data_collator=VideoSFTCollator(processor, source.get),
         callbacks=callbacks,
     )
-    return train_and_save(trainer, processor, checkpoint)
+    return train_and_save(trainer, processor, checkpoint, script_args)
 
 
 def cli(argv: list[str] | None = None):

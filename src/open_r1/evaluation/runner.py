@@ -77,7 +77,8 @@ def resolve_queries(args: EvalArguments) -> tuple[list[dict[str, Any]], str]:
 
 def default_output_dir(args: EvalArguments, name: str) -> Path:
     model_name = Path(str(args.model_base).rstrip("/")).name or "model"
-    return Path("outputs") / "eval" / model_name / (name + ("_no_think" if args.no_think else ""))
+    suffix = ("_no_think" if args.no_think else "") + ("_interleaved" if args.timestamps == "interleaved" else "")
+    return Path("outputs") / "eval" / model_name / (name + suffix)
 
 
 def _run_config(args: EvalArguments, name: str) -> dict[str, Any]:
@@ -99,6 +100,7 @@ def _run_config(args: EvalArguments, name: str) -> dict[str, Any]:
         "temperature": args.temperature if args.do_sample else None,
         "repetition_penalty": args.repetition_penalty,
         "position_layout": args.position_layout,
+        "timestamps": args.timestamps,
     }
 
 
@@ -212,7 +214,12 @@ class BatchGenerator:
         from open_r1.prompts import build_conversation
 
         conversations = [
-            build_conversation(q["query"], think=not self.args.no_think, video_first=self.args.video_first)
+            build_conversation(
+                q["query"],
+                think=not self.args.no_think,
+                video_first=self.args.video_first,
+                timestamps=self.args.timestamps,
+            )
             for q in queries
         ]
         batch = encode_batch(self.processor, conversations, list(clips), padding_side="left")
@@ -396,10 +403,12 @@ def check_evaluation(args: EvalArguments):
     the description of missing videos (None when all are there). ``python -m open_r1.evaluate --preflight`` runs only
     this, as ``scripts/evaluate.sh`` does before torchrun starts."""
     from open_r1.preflight import Preflight, model_problem, output_problem
+    from open_r1.timestamps import check_prompt_format
     from open_r1.video import VideoSource, describe_missing
 
     checks = Preflight("evaluation")
     checks.add(model_problem(args.model_base, flag="--model_base"))
+    checks.run(check_prompt_format, args.model_base, args.timestamps, args.allow_format_mismatch)
     queries, name = checks.run(resolve_queries, args) or ([], None)
     if name is not None and not queries:
         checks.add(f"{name}: no queries to evaluate")
