@@ -33,6 +33,9 @@ def main() -> int:
     parser.add_argument("--position_layout", default="reference", choices=["reference", "transformers"])
     parser.add_argument("--freeze_vision_tower", action="store_true", help="Train the language model only.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save_steps", type=int, default=None, help="Also score the checkpoint every N steps.")
+    parser.add_argument("--validation", action="store_true", help="Score on the demo's validation split (where "
+                        "settings are chosen) instead of the held-out, blank and training videos.")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
 
@@ -47,14 +50,26 @@ def main() -> int:
                              num_layers=args.num_layers)  # fmt: skip
     warm = demo.train_warm_start(model, splits["train"], cache, out / "warm_start", args.seed, args.steps,
                                  args.batch_size, args.answer_decimals, args.position_layout,
-                                 args.freeze_vision_tower)  # fmt: skip
+                                 args.freeze_vision_tower, args.save_steps)  # fmt: skip
     keys = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
     result = {"args": vars(args)}
-    for name, split in (("held_out", "test"), ("blank", "blank"), ("train", "train")):
-        records = demo.evaluate_stage(warm, splits[split], cache, out / "eval" / name, 40, args.position_layout)
-        result[name] = {k: compute_metrics(records)[k] for k in keys}
-        result[name]["distinct_answers"] = len({r["output"] for r in records})
-    constant = demo.constant_predictions(splits["train"], splits["test"])
+    if args.validation:
+        videos, data_seed = demo.VALIDATION
+        splits["validation"] = demo.make_split(out / "validation", videos, data_seed, "val", cache,
+                                               demo.task_data(args))  # fmt: skip
+        names = [("validation", "validation")]
+    else:
+        names = [("held_out", "test"), ("blank", "blank"), ("train", "train")]
+    steps = list(range(args.save_steps, args.steps, args.save_steps)) if args.save_steps else []
+    for step in [*steps, args.steps]:
+        model_dir = warm / f"checkpoint-{step}" if step != args.steps else warm
+        for name, split in names:
+            key = name if step == args.steps else f"{name}@{step}"
+            records = demo.evaluate_stage(model_dir, splits[split], cache, out / "eval" / key, 40,
+                                          args.position_layout)  # fmt: skip
+            result[key] = {k: compute_metrics(records)[k] for k in keys}
+            result[key]["distinct_answers"] = len({r["output"] for r in records})
+    constant = demo.constant_predictions(splits["train"], splits[names[0][1]])
     result["constant"] = {k: compute_metrics(constant)[k] for k in keys}
     result["seconds"] = round(time.perf_counter() - started, 1)
     (out / "probe.json").write_text(json.dumps(result, indent=1))

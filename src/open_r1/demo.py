@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from open_r1.configs import EvalArguments, GRPOScriptArguments, VideoArguments
+from open_r1.demo_report import paired_change, plot_demo, reward_trend, running_mean  # noqa: F401 (public here too)
 from open_r1.timestamps import PROMPT_FORMAT_FILE
 
 logger = logging.getLogger("open_r1.demo")
@@ -47,6 +48,16 @@ DEMO_DATA = {
 }  # fmt: skip
 # name: (videos, data seed); `--train_videos` changes the size of the training split.
 SPLITS = {"train": (256, 1), "test": (400, 2)}
+# The demo's recipes (`--recipe`): the paper's and TimeLens's (interleaved timestamps, answer-only RL,
+# difficulty-weighted data); `--timestamps`, `--no_think` and `--select_data` override single parts.
+RECIPES = {
+    "timezero": {"timestamps": "mrope", "no_think": False, "select_data": "filter"},
+    "timelens": {"timestamps": "interleaved", "no_think": True, "select_data": "difficulty"},
+}
+# `--select_data difficulty` draws this share of the training queries (fixed before any run, not tuned).
+DIFFICULTY_SHARE = 0.5
+# Where demo settings are chosen (never on the held-out split or the bench's seeds): videos and data seed.
+VALIDATION = (200, 3)
 STAGES = ("random", "constant", "blank", "sft", "grpo")
 # The demo's warm start for seed 0 (300 steps), shipped so GRPO and the learning tests can start from a model that
 # reads time; `bash scripts/build_demo_warm_start.sh` rebuilds it. `--warm_start bundled` selects it.
@@ -133,9 +144,16 @@ def constant_predictions(train_annotations: Path, test_annotations: Path) -> lis
 
 
 def evaluate_stage(
-    model_dir: Path, annotations: Path, cache: Path, out: Path, max_new_tokens: int, position_layout: str = "reference"
+    model_dir: Path,
+    annotations: Path,
+    cache: Path,
+    out: Path,
+    max_new_tokens: int,
+    position_layout: str = "reference",
+    prompt: dict | None = None,
 ) -> list[dict]:
-    """Greedy evaluation with the evaluation loop (:func:`open_r1.evaluation.run_evaluation`); returns the prediction records."""
+    """Greedy evaluation with the evaluation loop (:func:`open_r1.evaluation.run_evaluation`); returns the prediction
+    records. ``prompt``: ``timestamps`` / ``no_think`` of the run (default: the paper's)."""
     from open_r1.evaluation import read_predictions, run_evaluation
 
     metrics = run_evaluation(
@@ -149,6 +167,7 @@ def evaluate_stage(
             overwrite=True,
             position_layout=position_layout,
             **DEMO_VIDEO,
+            **(prompt or {}),
         )
     )
     return read_predictions(Path(metrics["output_dir"]) / "predictions.jsonl")
@@ -165,6 +184,8 @@ def train_warm_start(
     answer_decimals: int = 2,
     position_layout: str = "reference",
     freeze_vision_tower: bool = False,
+    save_steps: int | None = None,
+    prompt: dict | None = None,
 ) -> Path:
     """The supervised warm start on the training split (open_r1.sft_video), vision tower included (it is random)."""
     from trl import ModelConfig, SFTConfig
@@ -179,10 +200,13 @@ def train_warm_start(
         answer_decimals=answer_decimals,
         position_layout=position_layout,
         **DEMO_VIDEO,
+        **(prompt or {}),
     )
     training_args = SFTConfig(
-        output_dir=str(out), use_cpu=True, bf16=False, logging_steps=10, save_strategy="no", report_to=[],
+        output_dir=str(out), use_cpu=True, bf16=False, logging_steps=10, report_to=[],
         seed=seed, disable_tqdm=False, max_length=None, max_steps=steps, per_device_train_batch_size=batch_size,
+        **({"save_strategy": "steps", "save_steps": save_steps, "save_only_model": True} if save_steps
+           else {"save_strategy": "no"}),
         learning_rate=3e-3, lr_scheduler_type="constant_with_warmup", warmup_steps=min(30, steps // 5),
     )  # fmt: skip
     model_args = ModelConfig(model_name_or_path=str(model_dir), dtype="float32", attn_implementation="sdpa")
@@ -233,32 +257,38 @@ def train_grpo(
     seed: int,
     learning_rate: float,
     queries_per_step: int,
+    prompt: dict | None = None,
 ):
     """GRPO with the paper's rewards (IoU + format), 8 completions per query, from the warm start."""
     from trl import ModelConfig
 
     from open_r1.grpo_video import main as train
 
-    script_args = GRPOScriptArguments(annotation_file=str(train_annotations), cache_dir=str(cache), **DEMO_VIDEO)
+    script_args = GRPOScriptArguments(annotation_file=str(train_annotations), cache_dir=str(cache), **DEMO_VIDEO,
+                                      **(prompt or {}))  # fmt: skip
     training_args = grpo_config(out, steps, seed, learning_rate, queries_per_step)
     model_args = ModelConfig(model_name_or_path=str(warm_start), dtype="float32", attn_implementation="sdpa")
     return train(script_args, training_args, model_args)
 
 
 def select_training_queries(warm_start: Path, train_annotations: Path, cache: Path, out: Path, seed: int,
-                            queries_per_step: int) -> dict:  # fmt: skip
+                            queries_per_step: int, prompt: dict | None = None, mode: str = "filter",
+                            target_count: int = 0) -> dict:  # fmt: skip
     """``open_r1.select_data`` on the training split with the warm start and GRPO's own settings: 8 samples per
-    query; the queries whose rewards are all equal are dropped. Returns the report (``selected_file``: the kept
-    queries)."""
+    query; ``filter`` drops the queries whose rewards are all equal, ``difficulty`` draws ``target_count`` of them
+    weighted by difficulty (TimeLens). Returns the report (``selected_file``: the kept queries)."""
     from trl import ModelConfig
 
     from open_r1.select_data import SelectionArguments
     from open_r1.select_data import main as select
 
-    script_args = GRPOScriptArguments(annotation_file=str(train_annotations), cache_dir=str(cache), **DEMO_VIDEO)
+    script_args = GRPOScriptArguments(annotation_file=str(train_annotations), cache_dir=str(cache), **DEMO_VIDEO,
+                                      **(prompt or {}))  # fmt: skip
     training_args = grpo_config(out, 1, seed, 1e-6, queries_per_step)
     model_args = ModelConfig(model_name_or_path=str(warm_start), dtype="float32", attn_implementation="sdpa")
-    return select(script_args, training_args, model_args, SelectionArguments(overwrite_scores=True))
+    target = {"target_count": target_count} if mode == "difficulty" else {}
+    return select(script_args, training_args, model_args, SelectionArguments(overwrite_scores=True, mode=mode,
+                                                                             **target))  # fmt: skip
 
 
 def export_checkpoint(source: Path, destination: Path) -> Path:
@@ -299,83 +329,6 @@ def build_warm_start(destination: Path, output_dir: Path, seed: int = 0, sft_ste
     return export_checkpoint(warm, destination)
 
 
-SIGNAL_PLOT_KEYS = ("frac_reward_zero_std", "signal/group_reward_std", "signal/span_spread")
-
-
-def running_mean(values: list[float], window: int) -> list[float]:
-    """Mean of each value and up to ``window - 1`` before it (NaN values, steps without the metric, left out)."""
-    out = []
-    for i in range(len(values)):
-        recent = [v for v in values[max(0, i - window + 1) : i + 1] if v == v]
-        out.append(sum(recent) / len(recent) if recent else float("nan"))
-    return out
-
-
-def plot_demo(log_history: list[dict], records: dict[str, list[dict]], path: Path, window: int = 10) -> Path:
-    """Left: GRPO reward per step, each reward and the total. Middle: where the signal is (share of groups with equal
-    rewards, within-group reward std, spread of the sampled spans). Both as running means over ``window`` steps.
-    Right: R1 against the IoU threshold per stage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from open_r1.evaluation import recall_at, record_iou
-
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4))
-    steps = [e for e in log_history if "reward" in e]
-    keys = ["reward"] + sorted({k for e in steps for k in e if k.startswith("rewards/") and k.endswith("/mean")})
-    for axis, axis_keys in ((left, keys), (middle, SIGNAL_PLOT_KEYS)):
-        for index, key in enumerate(axis_keys):
-            values = running_mean([e.get(key, float("nan")) for e in steps], window)
-            # Distinct markers and line styles, so equal curves stay visible on top of each other.
-            axis.plot([e["step"] for e in steps], values, marker="os^"[index % 3], markevery=max(1, len(steps) // 20),
-                      linestyle=["-", "--", ":"][index % 3], markersize=3, label=key)  # fmt: skip
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    left.set(xlabel="GRPO step", ylabel=f"mean reward (running mean, {window} steps)",
-             title="GRPO rewards (training split)")  # fmt: skip
-    middle.set(xlabel="GRPO step", ylabel=f"running mean, {window} steps", title="where the signal is")
-    thresholds = [i / 100 for i in range(1, 101)]
-    for index, (stage, stage_records) in enumerate(records.items()):
-        ious = [record_iou(r) for r in stage_records]
-        right.plot(thresholds, [100 * recall_at(ious, t) for t in thresholds], label=stage,
-                   linestyle=["-", "--", ":", "-."][index % 4], linewidth=2.5 - 0.3 * index)  # fmt: skip
-    right.set(xlabel="IoU threshold m", ylabel="R1@m (%)", title="held-out videos", ylim=(0, 100))
-    right.grid(alpha=0.3)
-    right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def paired_change(before: list[dict], after: list[dict]) -> dict:
-    """Per-query IoU change (points) from ``before`` to ``after``, records of the same queries: its mean (= the change
-    of mIoU) and the mean's standard error, which says how much of the change the held-out queries can resolve."""
-    from statistics import mean, stdev
-
-    from open_r1.evaluation import record_iou
-
-    iou = {record["query_id"]: record_iou(record) for record in before}
-    changes = [100 * (record_iou(record) - iou[record["query_id"]]) for record in after]
-    return {"mean": round(mean(changes), 2), "standard_error": round(stdev(changes) / len(changes) ** 0.5, 2),
-            "num_queries": len(changes)}  # fmt: skip
-
-
-def reward_trend(log_history: list[dict], key: str = "rewards/iou_reward/mean", window: int = 20) -> dict:
-    """Mean of a logged training metric over the first and the last ``window`` steps (fewer when the run is shorter)."""
-    from statistics import mean
-
-    values = [
-        entry[key] for entry in log_history if isinstance(entry.get(key), (int, float)) and entry[key] == entry[key]
-    ]
-    if not values:
-        return {"first": None, "last": None, "window": 0}
-    window = min(window, len(values))
-    return {"first": round(mean(values[:window]), 3), "last": round(mean(values[-window:]), 3), "window": window}
-
-
 def run_demo(
     output_dir: str | Path = "outputs/demo",
     seed: int = 0,
@@ -387,12 +340,20 @@ def run_demo(
     grpo_lr: float = 2e-4,
     grpo_queries: int = 2,
     select: bool = True,
+    timestamps: str = "mrope",
+    no_think: bool = False,
+    selection_mode: str = "filter",
 ) -> dict:
-    """Run every stage; returns the summary written to ``OUTPUT_DIR/summary.json``."""
+    """Run every stage; returns the summary written to ``OUTPUT_DIR/summary.json``. ``timestamps``, ``no_think`` and
+    ``selection_mode`` (``filter`` or ``difficulty``, with ``select``) are the parts of :data:`RECIPES`."""
     from open_r1.evaluation import compute_metrics
     from open_r1.modeling import build_tiny_model
     from open_r1.preflight import model_problem
 
+    prompt = {"timestamps": timestamps, "no_think": no_think}
+    if str(warm_start) == "bundled" and (timestamps != "mrope" or no_think):
+        raise ValueError("the bundled warm start was trained with the paper's prompt (--recipe timezero): train one "
+                         "for --timestamps interleaved or --no_think (leave out --warm_start)")  # fmt: skip
     if warm_start is not None:
         warm_start = BUNDLED_WARM_START if str(warm_start) == "bundled" else Path(warm_start)
         problem = model_problem(warm_start, flag="--warm_start")
@@ -409,13 +370,14 @@ def run_demo(
 
     logger.info("2/6 a tiny random Qwen2.5-VL from the real config")
     random_dir = build_tiny_model(out / "random_model", seed=seed)
-    records = {"random": evaluate_stage(random_dir, splits["test"], cache, out / "eval" / "random", max_new_tokens)}
+    records = {"random": evaluate_stage(random_dir, splits["test"], cache, out / "eval" / "random", max_new_tokens,
+                                         prompt=prompt)}  # fmt: skip
     records["constant"] = constant_predictions(splits["train"], splits["test"])
 
     if warm_start is None:
         logger.info("3/6 supervised warm start: %d steps of %d queries", sft_steps, sft_batch_size)
         warm_start = train_warm_start(
-            random_dir, splits["train"], cache, out / "warm_start", seed, sft_steps, sft_batch_size
+            random_dir, splits["train"], cache, out / "warm_start", seed, sft_steps, sft_batch_size, prompt=prompt
         )
     else:
         # A copy under the output folder, where the walk-through (recipes/demo/grpo_tiny.yaml) expects the warm start
@@ -423,13 +385,17 @@ def run_demo(
         logger.info("3/6 supervised warm start: %s (in %s)", warm_start, out / "warm_start")
         warm_start = place_warm_start(warm_start, out)
     warm_start = Path(warm_start)
-    records["sft"] = evaluate_stage(warm_start, splits["test"], cache, out / "eval" / "sft", max_new_tokens)
-    records["blank"] = evaluate_stage(warm_start, splits["blank"], cache, out / "eval" / "blank", max_new_tokens)
+    records["sft"] = evaluate_stage(warm_start, splits["test"], cache, out / "eval" / "sft", max_new_tokens,
+                                    prompt=prompt)  # fmt: skip
+    records["blank"] = evaluate_stage(warm_start, splits["blank"], cache, out / "eval" / "blank", max_new_tokens,
+                                      prompt=prompt)  # fmt: skip
 
     selection, grpo_train = None, splits["train"]
     if select:
-        logger.info("4/6 data selection: 8 samples per training query from the warm start; equal rewards dropped")
-        selection = select_training_queries(warm_start, splits["train"], cache, out / "selection", seed, grpo_queries)
+        logger.info("4/6 data selection (%s): 8 samples per training query from the warm start", selection_mode)
+        target = max(grpo_queries, round(DIFFICULTY_SHARE * (train_videos or SPLITS["train"][0])))
+        selection = select_training_queries(warm_start, splits["train"], cache, out / "selection", seed, grpo_queries,
+                                            prompt, selection_mode, target)  # fmt: skip
         if selection["counts"]["kept"] >= grpo_queries:
             grpo_train = Path(selection["selected_file"])
         else:  # a warm start that answers every query the same way (a very short one): nothing to choose from
@@ -438,11 +404,12 @@ def run_demo(
     else:
         logger.info("4/6 data selection: off (GRPO on every training query)")
     logger.info("5/6 GRPO: %d steps, 8 completions per query, rewards iou + format", grpo_steps)
-    trainer = train_grpo(warm_start, grpo_train, cache, out / "grpo", grpo_steps, seed, grpo_lr, grpo_queries)
+    trainer = train_grpo(warm_start, grpo_train, cache, out / "grpo", grpo_steps, seed, grpo_lr, grpo_queries, prompt)
     (out / "grpo_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
 
     logger.info("6/6 evaluating every stage on the held-out videos")
-    records["grpo"] = evaluate_stage(out / "grpo", splits["test"], cache, out / "eval" / "grpo", max_new_tokens)
+    records["grpo"] = evaluate_stage(out / "grpo", splits["test"], cache, out / "eval" / "grpo", max_new_tokens,
+                                     prompt=prompt)  # fmt: skip
 
     keys = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "num_queries")
     summary = {stage: {k: compute_metrics(records[stage])[k] for k in keys} for stage in STAGES}
@@ -463,6 +430,7 @@ def run_demo(
     )
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["seed"] = seed
+    summary["recipe"] = {**prompt, "select_data": selection_mode if select else "off"}
     summary["warm_start"] = str(warm_start)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot = plot_demo(trainer.state.log_history, {s: records[s] for s in STAGES}, out / "demo_plot.png")
@@ -479,8 +447,9 @@ def run_demo(
     lines.append(f"groups with equal rewards: {zero['first']:.3f} -> {zero['last']:.3f} of each step's groups")
     if selection is not None:
         counts = selection["counts"]
-        lines.append(f"data selection: kept {counts['kept']} of {counts['queries']} training queries "
-                     f"({counts['equal_rewards']} with 8 equal rewards dropped)")  # fmt: skip
+        why = (f"{counts['equal_rewards']} with 8 equal rewards dropped" if "equal_rewards" in counts
+               else "drawn by difficulty")  # fmt: skip
+        lines.append(f"data selection: kept {counts['kept']} of {counts['queries']} training queries ({why})")
     logger.info("held-out videos, greedy answers:\n%s\nplot %s; summary %s; %.0f s", "\n".join(lines), plot,
                 out / "summary.json", summary["seconds"])  # fmt: skip
     return summary
@@ -531,6 +500,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def recipe_settings(args: argparse.Namespace) -> dict:
+    """``run_demo``'s ``select``, ``selection_mode``, ``timestamps`` and ``no_think`` from ``--recipe`` and the flags
+    that override its parts."""
+    recipe = RECIPES[args.recipe]
+    select_data = {"on": "filter"}.get(args.select_data, args.select_data) or recipe["select_data"]
+    no_think = recipe["no_think"] if args.no_think is None else args.no_think == "on"
+    return {"select": select_data != "off", "selection_mode": "filter" if select_data == "off" else select_data,
+            "timestamps": args.timestamps or recipe["timestamps"], "no_think": no_think}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--output_dir", default="outputs/demo", help="Where data, cache, checkpoints and plots go.")
@@ -547,9 +526,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grpo_queries", type=positive_int, default=2, help="Queries per GRPO step (8 completions each)."
     )
-    parser.add_argument("--select_data", choices=("on", "off"), default="on",
-                        help="GRPO on the training queries whose sampled rewards differ (open_r1.select_data), or "
-                        "on all of them.")  # fmt: skip
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default="timezero",
+                        help="timezero: the paper's prompt and data selection; timelens: interleaved timestamps, "
+                        "answer-only RL, difficulty-weighted data (docs/training.md, 'Recipes beyond the paper'). The "
+                        "three flags below override its parts.")  # fmt: skip
+    parser.add_argument("--select_data", choices=("on", "filter", "difficulty", "off"), default=None,
+                        help="filter (= on): GRPO on the training queries whose sampled rewards differ "
+                        f"(open_r1.select_data); difficulty: a share of them ({DIFFICULTY_SHARE}) drawn towards the "
+                        "hard ones; off: all of them (default: the recipe's).")  # fmt: skip
+    parser.add_argument(
+        "--timestamps",
+        choices=("mrope", "interleaved"),
+        default=None,
+        help="How the prompt tells time (open_r1.timestamps; default: the recipe's).",
+    )
+    parser.add_argument(
+        "--no_think",
+        choices=("on", "off"),
+        default=None,
+        help="on: answer-only prompts and targets (default: the recipe's).",
+    )
     parser.add_argument("--warm_start", default=None, help="Start GRPO from this checkpoint instead of training one "
                         "('bundled': the shipped seed-0 warm start).")  # fmt: skip
     parser.add_argument("--build_warm_start", default=None, metavar="DIR", help="Only train the warm start (stages "
@@ -576,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_demo(
                 args.output_dir, args.seed, args.sft_steps, args.grpo_steps, args.warm_start, args.train_videos,
-                args.sft_batch_size, args.grpo_lr, args.grpo_queries, args.select_data == "on",
+                args.sft_batch_size, args.grpo_lr, args.grpo_queries, **recipe_settings(args),
             )  # fmt: skip
     except KeyboardInterrupt:
         logger.info(interrupted_message(Path(args.output_dir)))

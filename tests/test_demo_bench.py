@@ -1,0 +1,82 @@
+"""The demo's recipes (--recipe timelens end to end on a short schedule) and the ablation bench's table on runs with
+known numbers."""
+
+import argparse
+import json
+from statistics import stdev
+
+import pytest
+
+from open_r1 import demo, demo_bench
+from open_r1.timestamps import read_prompt_format
+
+
+def settings(recipe="timezero", select_data=None, timestamps=None, no_think=None):
+    return demo.recipe_settings(argparse.Namespace(recipe=recipe, select_data=select_data, timestamps=timestamps,
+                                                   no_think=no_think))  # fmt: skip
+
+
+def test_recipe_flags_override_the_recipe_parts():
+    assert settings() == {"select": True, "selection_mode": "filter", "timestamps": "mrope", "no_think": False}
+    assert settings("timelens") == {"select": True, "selection_mode": "difficulty", "timestamps": "interleaved",
+                                    "no_think": True}  # fmt: skip
+    assert settings("timelens", select_data="off", no_think="off") == {
+        "select": False, "selection_mode": "filter", "timestamps": "interleaved", "no_think": False,
+    }  # fmt: skip
+    assert settings(select_data="on")["selection_mode"] == "filter"
+    assert settings(timestamps="interleaved")["timestamps"] == "interleaved"
+    with pytest.raises(ValueError, match="bundled warm start was trained with the paper's prompt"):
+        demo.run_demo("/nonexistent/never_written", warm_start="bundled", no_think=True)
+
+
+@pytest.mark.slow
+def test_the_timelens_recipe_runs_every_stage_in_its_layout(tmp_path, monkeypatch):
+    monkeypatch.setitem(demo.SPLITS, "test", (12, 2))  # a short held-out split: this checks wiring, not learning
+    summary = demo.run_demo(tmp_path, sft_steps=3, grpo_steps=2, train_videos=8, **settings("timelens"))
+    assert summary["recipe"] == {"timestamps": "interleaved", "no_think": True, "select_data": "difficulty"}
+    for folder in ("warm_start", "grpo"):
+        assert read_prompt_format(tmp_path / folder) == {"timestamps": "interleaved", "no_think": True,
+                                                         "video_first": False}  # fmt: skip
+    for stage in ("random", "sft", "blank", "grpo"):
+        config = json.loads((tmp_path / "eval" / stage / "eval_config.json").read_text())
+        assert (config["timestamps"], config["no_think"]) == ("interleaved", True), stage
+    report = json.loads((tmp_path / "selection" / "selection_report.json").read_text())
+    assert report["mode"] == "difficulty" and report["counts"]["kept"] == 4  # half of the 8 training queries
+    assert report["config"]["timestamps"] == "interleaved" and summary["selection"]["used"]
+
+
+def write_run(root, arm, seed, stages, sft_ious, grpo_ious):
+    folder = demo_bench.run_dir(root, arm, seed)
+    for stage, ious in (("sft", sft_ious), ("grpo", grpo_ious)):
+        (folder / "eval" / stage).mkdir(parents=True)
+        lines = [{"query_id": f"v{i}#0", "video_id": f"v{i}", "query": "q", "gt": [[0.0, 1.0]], "pred": None,
+                  "iou": iou, "output": "x"} for i, iou in enumerate(ious)]  # fmt: skip
+        (folder / "eval" / stage / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    summary = {stage: {"R1@0.5": r1, "mIoU": miou} for stage, (r1, miou) in stages.items()}
+    records = [[{"query_id": f"v{i}#0", "iou": iou} for i, iou in enumerate(ious)] for ious in (sft_ious, grpo_ious)]
+    summary["grpo_vs_sft"] = {"mIoU_change": demo.paired_change(*records)}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_the_bench_table_from_runs_with_known_numbers(tmp_path, capsys):
+    base = {"random": (0, 0), "constant": (20, 20), "blank": (10, 8)}
+    # timezero: seed 1's warm start clears max(constant 20, blank 10) by 15 (R1@0.5 40), seed 2's does not (30).
+    write_run(tmp_path, "timezero", 1, {**base, "sft": (40, 35), "grpo": (60, 50)}, [0.5, 0.0, 0.25], [1.0, 0.0, 0.5])
+    write_run(tmp_path, "timezero", 2, {**base, "sft": (30, 25), "grpo": (50, 45)}, [0.5, 0.5, 0.5], [0.5, 1.0, 0.5])
+    write_run(tmp_path, "timelens", 1, {**base, "sft": (45, 40), "grpo": (70, 55)}, [0.5, 0.0, 0.25], [1.0, 0.5, 0.5])
+    # timelens seed 2 not finished: left out of its numbers.
+    assert demo_bench.main(["--output_dir", str(tmp_path), "--arms", "timezero", "timelens", "--seeds", "1", "2",
+                            "--table"]) == 0  # fmt: skip
+    table = json.loads((tmp_path / "bench.json").read_text())
+    zero, lens = table["arms"]["timezero"], table["arms"]["timelens"]
+    assert zero["warm_start_clears"] == {"count": 1, "of": 2, "seeds": [1]}
+    assert zero["stages"]["grpo"]["R1@0.5"] == {"min": 50, "median": 55.0, "max": 60}
+    assert zero["grpo_minus_sft"]["median"] == pytest.approx((25.0 + 50.0 / 3) / 2, abs=0.01)
+    assert lens["seeds_done"] == [1] and lens["warm_start_clears"]["count"] == 1
+    # timelens − timezero on seed 1, per query: (0, +50, 0) points.
+    versus = lens["grpo_minus_timezero"]["per_seed"]["1"]
+    assert versus["mean"] == pytest.approx(16.67, abs=0.01)
+    assert versus["standard_error"] == pytest.approx(round(stdev([0.0, 50.0, 0.0]) / 3**0.5, 2))
+    text = (tmp_path / "bench.md").read_text()
+    assert "| timezero | 2 | 1 of 2 | 35.0 (30.0–40.0) | 55.0 (50.0–60.0) |" in text
+    assert text in capsys.readouterr().out
