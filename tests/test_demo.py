@@ -76,7 +76,9 @@ def test_an_exported_warm_start_keeps_only_what_loads_and_trains_on(demo, tmp_pa
     out, _ = demo
     assert (out / "warm_start" / "training_args.bin").is_file()
     exported = export_checkpoint(out / "warm_start", tmp_path / "export")
-    assert sorted(p.name for p in exported.iterdir()) == sorted(CHECKPOINT_FILES)
+    # What loads, and the prompt format the warm start was trained with (open_r1.timestamps).
+    assert sorted(p.name for p in exported.iterdir()) == sorted([*CHECKPOINT_FILES, "prompt_format.json"])
+    assert json.loads((exported / "prompt_format.json").read_text())["timestamps"] == "mrope"
     original = load_model(out / "warm_start", attn_implementation="sdpa", dtype="float32").state_dict()
     copy = load_model(exported, attn_implementation="sdpa", dtype="float32").state_dict()
     assert all(original[name].equal(copy[name]) for name in original)

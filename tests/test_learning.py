@@ -10,6 +10,7 @@ The control breaks the time positions (docs/training.md, "Faithful to the paper"
 clips' sampling rate, assumes 24 fps and puts the frames 1/12 s apart instead of 1 s.
 """
 
+import json
 from pathlib import Path
 from statistics import mean
 
@@ -60,7 +61,11 @@ def broken_curve(batch, tmp_path_factory) -> list[float]:
 
 def test_the_bundled_warm_start_is_a_small_loadable_checkpoint():
     files = {p.name: p.stat().st_size for p in demo.BUNDLED_WARM_START.iterdir()}
-    assert set(files) == set(demo.CHECKPOINT_FILES)
+    # The paper's prompt, recorded as every warm start the demo trains records its own (open_r1.timestamps).
+    assert set(files) == {*demo.CHECKPOINT_FILES, "prompt_format.json"}
+    assert json.loads((demo.BUNDLED_WARM_START / "prompt_format.json").read_text()) == {
+        "timestamps": "mrope", "no_think": False, "video_first": False,
+    }  # fmt: skip
     assert sum(files.values()) < 4 * 2**20
     model = modeling.load_model(demo.BUNDLED_WARM_START, attn_implementation="sdpa", dtype="float32")
     assert model.num_parameters() < 1_000_000
