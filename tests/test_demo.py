@@ -25,9 +25,10 @@ from open_r1.evaluation import compute_metrics
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The demo on a shortened schedule: 3 warm-start steps, 2 GRPO steps, 8 training videos."""
+    """The demo on a shortened schedule: 3 warm-start steps (unchecked: tests/test_demo_bench.py checks the warm start
+    check), 2 GRPO steps, 8 training videos."""
     out = tmp_path_factory.mktemp("demo")
-    return out, run_demo(out, sft_steps=3, grpo_steps=2, train_videos=8)
+    return out, run_demo(out, sft_steps=3, grpo_steps=2, train_videos=8, check_warm_start=False)
 
 
 @pytest.mark.slow

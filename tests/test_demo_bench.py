@@ -31,9 +31,16 @@ def test_recipe_flags_override_the_recipe_parts():
 
 @pytest.mark.slow
 def test_the_timelens_recipe_runs_every_stage_in_its_layout(tmp_path, monkeypatch):
-    monkeypatch.setitem(demo.SPLITS, "test", (12, 2))  # a short held-out split: this checks wiring, not learning
+    # Short held-out and validation splits: this checks wiring, not learning.
+    monkeypatch.setitem(demo.SPLITS, "test", (12, 2))
+    monkeypatch.setattr(demo, "VALIDATION", (6, 3))
+    monkeypatch.setattr(demo, "WARM_START_MARGIN", -1000.0)  # passes its first check
     summary = demo.run_demo(tmp_path, sft_steps=3, grpo_steps=2, train_videos=8, **settings("timelens"))
     assert summary["recipe"] == {"timestamps": "interleaved", "no_think": True, "select_data": "difficulty"}
+    check = summary["warm_start_check"]
+    assert check["passed"] and check["steps"] == 3 and [c["step"] for c in check["checks"]] == [3]
+    config = json.loads((tmp_path / "eval" / "validation@3" / "eval_config.json").read_text())
+    assert config["timestamps"] == "interleaved" and config["num_queries"] == 6
     for folder in ("warm_start", "grpo"):
         assert read_prompt_format(tmp_path / folder) == {"timestamps": "interleaved", "no_think": True,
                                                          "video_first": False}  # fmt: skip
@@ -80,3 +87,46 @@ def test_the_bench_table_from_runs_with_known_numbers(tmp_path, capsys):
     text = (tmp_path / "bench.md").read_text()
     assert "| timezero | 2 | 1 of 2 | 35.0 (30.0–40.0) | 55.0 (50.0–60.0) |" in text
     assert text in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_warm_start_trains_on_until_it_beats_the_constant_baseline_on_validation(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from open_r1.modeling import build_tiny_model
+    from open_r1.signals import validation_gate
+
+    monkeypatch.setitem(demo.SPLITS, "test", (4, 2))
+    monkeypatch.setattr(demo, "VALIDATION", (6, 3))
+    splits = demo.make_data(tmp_path / "data", train_videos=8)
+    cache = tmp_path / "data" / "cache"
+    random_dir = build_tiny_model(tmp_path / "random", seed=0)
+    prompt = {"timestamps": "mrope", "no_think": False}
+
+    def weights(folder):
+        return load_file(str(folder / "model.safetensors"))
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+    plain = demo.train_warm_start(random_dir, splits["train"], cache, tmp_path / "plain", 0, 4, 4, prompt=prompt)
+    # A warm start that passes at --sft_steps trains exactly as without the check.
+    monkeypatch.setattr(demo, "WARM_START_MARGIN", -1000.0)
+    passed, record = demo.checked_warm_start(random_dir, splits, cache, tmp_path / "pass", 0, 4, 4, prompt)
+    assert record["passed"] and record["steps"] == 4 and [c["step"] for c in record["checks"]] == [4]
+    assert same(weights(passed), weights(plain))
+    # One that never passes trains on to 3x, checked every half --sft_steps, and leaves no checkpoint behind.
+    monkeypatch.setattr(demo, "WARM_START_MARGIN", 1000.0)
+    never, record = demo.checked_warm_start(random_dir, splits, cache, tmp_path / "never", 0, 4, 4, prompt)
+    assert not record["passed"] and record["steps"] == 12
+    assert [c["step"] for c in record["checks"]] == [4, 6, 8, 10, 12]
+    assert record["threshold"] == record["validation_constant_R1@0.5"] + 1000.0
+    assert not list(never.glob("checkpoint-*"))
+    assert not same(weights(never), weights(plain))
+    # Scoring does not change the training that follows (the gate also puts the random state back): the same run with
+    # a score that evaluates nothing ends in the same weights.
+    quiet = validation_gate(lambda folder, step: 0.0, 1e9, 4, 2)
+    unscored = demo.train_warm_start(random_dir, splits["train"], cache, tmp_path / "unscored", 0, 4, 4,
+                                     prompt=prompt, gate=quiet)  # fmt: skip
+    assert [c["step"] for c in quiet.checks] == [4, 6, 8, 10, 12]
+    assert same(weights(unscored), weights(never))

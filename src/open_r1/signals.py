@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -203,3 +204,47 @@ def early_stop_callback(patience: int, window: int = 10, reward_key: str = "rewa
             return control
 
     return EarlyStop()
+
+
+def validation_gate(score, threshold: float, first_step: int, every: int):
+    """A ``TrainerCallback`` that saves at ``first_step`` and every ``every`` steps after, scores each such checkpoint
+    with ``score(folder, step)`` (the demo: R1@0.5 on its validation split) and stops training once it reaches
+    ``threshold``.
+    The random state of the run is put back after each score, so scoring does not change the training that follows.
+    ``checks`` lists ``{"step", "score"}``; ``passed_at`` is the step that passed (None: none did)."""
+    import random
+
+    import numpy
+    import torch
+    from transformers import TrainerCallback
+
+    class ValidationGate(TrainerCallback):
+        def __init__(self):
+            self.checks, self.passed_at, self.threshold = [], None, threshold
+
+        @staticmethod
+        def due(step: int) -> bool:
+            return step >= first_step and (step - first_step) % every == 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.due(state.global_step):
+                control.should_save = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            step = state.global_step
+            if not self.due(step):
+                return control
+            states = random.getstate(), numpy.random.get_state(), torch.get_rng_state()
+            value = score(Path(args.output_dir) / f"checkpoint-{step}", step)
+            random.setstate(states[0])
+            numpy.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+            self.checks.append({"step": step, "score": value})
+            logger.info("step %d: validation score %.2f (needs %.2f)", step, value, threshold)
+            if value >= threshold:
+                self.passed_at = step
+                control.should_training_stop = True
+            return control
+
+    return ValidationGate()
