@@ -269,6 +269,10 @@ def test_a_run_records_its_layout_and_evaluation_and_grpo_hold_to_it(tmp_path_fa
     assert metrics["num_queries"] > 0
     config = json.loads((tmp_path / "eval" / "eval_config.json").read_text())
     assert config["timestamps"] == "interleaved"
+    # The paper's layout writes the settings it wrote before the option existed (old runs resume, same run id).
+    run_evaluation(dict(model_base=str(out), output_dir=str(tmp_path / "eval_mrope"), allow_format_mismatch=True,
+                        **flags))  # fmt: skip
+    assert "timestamps" not in json.loads((tmp_path / "eval_mrope" / "eval_config.json").read_text())
     # A resume asking for the other layout is another run (refused), the recorded one continues.
     with pytest.raises(ValueError, match="timestamps"):
         run_evaluation(dict(model_base=str(out), output_dir=str(tmp_path / "eval"), timestamps="mrope",

@@ -373,7 +373,8 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         # What the model sees of each video (frame rate, pixel budgets, frame cap) and where it places it.
         "video": dataclasses.asdict(script_args.to_settings()),
         "position_layout": script_args.position_layout,
-        "timestamps": script_args.timestamps,
+        # Only when not the paper's layout: scores written before the option resume as before.
+        **({"timestamps": script_args.timestamps} if script_args.timestamps != "mrope" else {}),
         "seed": training_args.seed,
     }
     dataset = build_dataset(rows, script_args)

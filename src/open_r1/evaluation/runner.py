@@ -100,7 +100,8 @@ def _run_config(args: EvalArguments, name: str) -> dict[str, Any]:
         "temperature": args.temperature if args.do_sample else None,
         "repetition_penalty": args.repetition_penalty,
         "position_layout": args.position_layout,
-        "timestamps": args.timestamps,
+        # Only when not the paper's layout: runs written before the option keep their settings and run id.
+        **({"timestamps": args.timestamps} if args.timestamps != "mrope" else {}),
     }
 
 
