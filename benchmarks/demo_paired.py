@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from open_r1.demo import paired_change
-from open_r1.evaluation import PREDICTIONS_FILE, read_predictions
+from open_r1.demo_bench import stage_records
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -23,8 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("after", type=Path, help="Demo output folder B.")
     parser.add_argument("--stage", default="grpo", help="Evaluated stage (eval/<stage>): grpo, sft, blank, random.")
     args = parser.parse_args(argv)
-    before, after = (read_predictions(folder / "eval" / args.stage / PREDICTIONS_FILE, strict=True)
-                     for folder in (args.before, args.after))  # fmt: skip
+    before, after = (stage_records(folder, args.stage) for folder in (args.before, args.after))
     change = paired_change(before, after)
     print(f"{args.stage} mIoU, {args.after} - {args.before}: {change['mean']:+.2f} "  # noqa: T201
           f"(paired SE {change['standard_error']:.2f}, {change['num_queries']} queries)")  # fmt: skip

@@ -73,13 +73,8 @@ def run_all(output_dir: Path, arms: list[str], seeds: list[int], jobs: int, extr
     return failed
 
 
-def paired(before: list[dict], after: list[dict]) -> dict:
-    from open_r1.demo_report import paired_change
-
-    return paired_change(before, after)
-
-
 def stage_records(folder: Path, stage: str) -> list[dict]:
+    """The prediction records of one evaluated stage (``eval/<stage>``) of a demo run, read strictly."""
     from open_r1.evaluation import PREDICTIONS_FILE, read_predictions
 
     return read_predictions(folder / "eval" / stage / PREDICTIONS_FILE, strict=True)
@@ -91,6 +86,8 @@ def spread(values: list[float]) -> dict:
 
 def summarise(output_dir: Path, arms: list[str], seeds: list[int]) -> dict:
     """The bench's numbers from the finished runs (a run without ``summary.json`` is left out and counted)."""
+    from open_r1.demo_report import paired_change
+
     table: dict = {"seeds": seeds, "arms": {}}
     for arm in arms:
         done = [seed for seed in seeds if (run_dir(output_dir, arm, seed) / "summary.json").is_file()]
@@ -111,8 +108,8 @@ def summarise(output_dir: Path, arms: list[str], seeds: list[int]) -> dict:
             for s in done:
                 base = run_dir(output_dir, "timezero", s)
                 if (base / "summary.json").is_file():
-                    versus[str(s)] = paired(stage_records(base, "grpo"), stage_records(run_dir(output_dir, arm, s),
-                                                                                       "grpo"))  # fmt: skip
+                    versus[str(s)] = paired_change(stage_records(base, "grpo"),
+                                                   stage_records(run_dir(output_dir, arm, s), "grpo"))  # fmt: skip
             entry["grpo_minus_timezero"] = {
                 "per_seed": versus,
                 "median": median([v["mean"] for v in versus.values()]) if versus else None,

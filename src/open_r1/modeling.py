@@ -399,7 +399,7 @@ def _interleave_timestamps(processor, encoded: BatchFeature, texts: list[str], c
     processor's; ``input_ids``, ``attention_mask`` and ``mm_token_type_ids`` are replaced. The whole prompt is
     tokenized as one text, as the processor does, so the timestamps tokenize as they would in context.
     """
-    from open_r1.positions import VIDEO_TYPE
+    from open_r1.positions import placeholder_type_ids
     from open_r1.timestamps import interleaved_video_text, patch_times
 
     video_processor = processor.video_processor
@@ -416,8 +416,7 @@ def _interleave_timestamps(processor, encoded: BatchFeature, texts: list[str], c
         video = interleaved_video_text(times, grid[1] * grid[2] // per_token, start, pad, end)
         interleaved.append(text.replace(block, video, 1))
     tokens = processor.tokenizer(interleaved, padding=True, padding_side=padding_side, return_tensors="pt")
-    video_token_id = processor.tokenizer.convert_tokens_to_ids(pad)
-    counts = (tokens["input_ids"] == video_token_id).sum(-1)
+    counts = (tokens["input_ids"] == processor.video_token_id).sum(-1)
     expected = encoded["video_grid_thw"].prod(-1) // per_token
     if not torch.equal(counts, expected):
         raise ValueError(
@@ -425,7 +424,9 @@ def _interleave_timestamps(processor, encoded: BatchFeature, texts: list[str], c
         )
     encoded["input_ids"] = tokens["input_ids"]
     encoded["attention_mask"] = tokens["attention_mask"]
-    encoded["mm_token_type_ids"] = (tokens["input_ids"] == video_token_id).long() * VIDEO_TYPE
+    encoded["mm_token_type_ids"] = placeholder_type_ids(
+        tokens["input_ids"], processor.image_token_id, processor.video_token_id
+    )
 
 
 def per_row_patches(pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:

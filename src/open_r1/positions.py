@@ -31,11 +31,17 @@ DEFAULT_POSITION_LAYOUT = "reference"
 IMAGE_TYPE, VIDEO_TYPE = 1, 2
 
 
+def placeholder_type_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor:
+    """``mm_token_type_ids`` as the placeholder tokens of ``input_ids`` give them: 1 on image, 2 on video, 0 elsewhere."""
+    kinds = torch.zeros_like(input_ids)
+    kinds[input_ids == image_token_id] = IMAGE_TYPE
+    kinds[input_ids == video_token_id] = VIDEO_TYPE
+    return kinds
+
+
 def _vision_runs(ids: torch.Tensor, image_token_id: int, video_token_id: int) -> list[tuple[int, int, int]]:
     """``(kind, start, end)`` for every maximal run of image (1) or video (2) placeholder tokens in ``ids``."""
-    kinds = torch.zeros_like(ids)
-    kinds[ids == image_token_id] = IMAGE_TYPE
-    kinds[ids == video_token_id] = VIDEO_TYPE
+    kinds = placeholder_type_ids(ids, image_token_id, video_token_id)
     if not kinds.any():
         return []
     change = torch.nonzero(kinds[1:] != kinds[:-1]).flatten() + 1
@@ -138,9 +144,7 @@ def _check_type_ids(input_ids, mm_token_type_ids, attention_mask, image_token_id
     """Fail loudly when the video/image type ids are not exactly on the placeholder tokens (e.g. padded wrongly)."""
     if mm_token_type_ids is None:
         return
-    expected = torch.zeros_like(input_ids)
-    expected[input_ids == image_token_id] = IMAGE_TYPE
-    expected[input_ids == video_token_id] = VIDEO_TYPE
+    expected = placeholder_type_ids(input_ids, image_token_id, video_token_id)
     real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
     if not torch.equal(mm_token_type_ids.to(expected.device)[real], expected[real]):
         raise ValueError(
