@@ -89,6 +89,37 @@ def test_the_bench_table_from_runs_with_known_numbers(tmp_path, capsys):
     assert text in capsys.readouterr().out
 
 
+def test_a_finished_run_is_redone_only_where_the_checks_margin_moves_its_end(tmp_path, monkeypatch):
+    def record(scores, passed):
+        checks = [{"step": 300 + 150 * i, "score": score} for i, score in enumerate(scores)]
+        return {"validation_constant_R1@0.5": 22.0, "threshold": 37.0, "checks": checks, "passed": passed,
+                "steps": checks[-1]["step"] if passed else 900}  # fmt: skip
+
+    holds = demo_bench.check_still_holds
+    assert holds(record([55.5], True), 25.0)  # 55.5 >= 47: passes at 300 as it did
+    assert not holds(record([39.5], True), 25.0)  # 39.5 < 47: would train on past 300
+    assert holds(record([31.5, 76.0], True), 25.0)  # fails at 300, passes at 450 under both margins
+    assert holds(record([47.0], True), 25.0)  # reaching the threshold passes
+    assert not holds(record([10.0, 30.0], True), 25.0)
+    assert holds(record([10.0, 12.0, 14.0, 16.0, 18.0], False), 25.0)  # never passed under either: same 900 steps
+    assert not holds(record([10.0, 40.0], False), 2.0)  # a smaller margin would have stopped it at 450
+    assert holds(None, 25.0)  # no check ran (--warm_start_check off)
+
+    monkeypatch.setattr(demo, "WARM_START_MARGIN", 25.0)
+    for seed, scores in ((1, [55.5]), (2, [39.5])):
+        folder = demo_bench.run_dir(tmp_path, "timezero", seed)
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"warm_start_check": record(scores, True)}))
+    (tmp_path / "timezero" / "seed2.stale1").mkdir()  # an earlier stale run is kept too
+    ran = []
+    monkeypatch.setattr(demo_bench, "run_arm", lambda output_dir, arm, seed, extra: ran.append((arm, seed)) or 0)
+    assert demo_bench.run_all(tmp_path, ["timezero"], [1, 2, 3], 1, []) == []
+    assert sorted(ran) == [("timezero", 2), ("timezero", 3)]
+    stale = tmp_path / "timezero" / "seed2.stale2" / "summary.json"
+    assert json.loads(stale.read_text())["warm_start_check"]["checks"][0]["score"] == 39.5
+    assert (tmp_path / "timezero" / "seed1" / "summary.json").is_file()
+
+
 @pytest.mark.slow
 def test_the_warm_start_trains_on_until_it_beats_the_constant_baseline_on_validation(tmp_path, monkeypatch):
     from safetensors.torch import load_file

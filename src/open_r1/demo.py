@@ -157,7 +157,12 @@ def train_warm_start(
 # steps, and where a seed stands on it varies (dev seed 4 on the validation split, `benchmarks/warm_start_probe.py
 # --validation`: R1@0.5 34.0 at 300 steps against a constant 22.0, 72.5 at 450, 90.5 at 900); a seed whose warm start
 # passes at 300 steps trains exactly as before.
-WARM_START_MARGIN = 15.0
+# The margin: the bar a warm start must clear on held-out queries (15 points over the baselines) plus two standard errors
+# of a validation-minus-held-out difference, so that a pass on the validation split is a pass on unseen queries too: at
+# R1@0.5 near 0.4 on 200 validation and 400 held-out queries, sqrt(.24/200 + .24/400) = 4.2 points, 15 + 2 x 4.2 = 23.5,
+# rounded up to 25 (15 before: warm starts passing by 1.5-2.5 points scored 3-8 points lower on held-out queries).
+# The blank baseline needs no check of its own here: the largest measured, 17.5, stays 7 points under the bar less 15.
+WARM_START_MARGIN = 25.0
 WARM_START_MAX_FACTOR = 3
 
 

@@ -5,9 +5,10 @@
 
 Each (arm, seed) is one full ``python -m open_r1.demo`` run in ``OUTPUT_DIR/<arm>/seed<seed>`` (its own process, one
 CPU thread unless OMP_NUM_THREADS says otherwise; ``--jobs`` at a time). A run with a ``summary.json`` is not run
-again, so an interrupted bench resumes where it stopped. The arms (:data:`ARMS`) are the paper's recipe and the
-TimeLens changes one at a time, then together with difficulty-weighted data. The table (``bench.md`` and
-``bench.json``) gives, per arm and stage, the min / median / max over seeds of held-out R1@0.5 and mIoU; how many
+again, so an interrupted bench resumes where it stopped, unless its warm start's check would end at another step under
+today's margin (:func:`check_still_holds`): then its folder is kept as ``seed<seed>.stale<k>`` and the run is redone.
+The arms (:data:`ARMS`) are the paper's recipe and the TimeLens changes one at a time, then together with
+difficulty-weighted data. The table (``bench.md`` and ``bench.json``) gives, per arm and stage, the min / median / max over seeds of held-out R1@0.5 and mIoU; how many
 seeds' warm starts clear both baselines (constant and blank) by :data:`CLEAR_MARGIN` R1@0.5; GRPO − warm start
 (mean over queries with its paired standard error, per seed, then the median); and the arm's GRPO − the ``timezero``
 arm's on the same seed and queries, with its paired standard error.
@@ -54,12 +55,42 @@ def run_arm(output_dir: Path, arm: str, seed: int, extra: list[str]) -> int:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)).wait()
 
 
+def check_still_holds(record: dict | None, margin: float) -> bool:
+    """Whether a finished run's warm-start check (``summary.json``'s ``warm_start_check``) ends at the same step under
+    ``margin``: the check passes at its first score reaching the threshold, and training up to there is the same, so
+    the recorded scores decide it. A run without a check (``--warm_start_check off``, a given warm start) holds."""
+    if not record:
+        return True
+    threshold = record["validation_constant_R1@0.5"] + margin
+    first = next((check["step"] for check in record["checks"] if check["score"] >= threshold), None)
+    recorded = record["steps"] if record["passed"] else None
+    return first == recorded
+
+
+def finished(output_dir: Path, arm: str, seed: int) -> bool:
+    """A run counts as done when its ``summary.json`` exists and its warm-start check holds under today's margin; a
+    stale run's folder is moved aside (``seed<seed>.stale<k>``), never deleted."""
+    from open_r1.demo import WARM_START_MARGIN
+
+    folder = run_dir(output_dir, arm, seed)
+    if not (folder / "summary.json").is_file():
+        return False
+    if check_still_holds(json.loads((folder / "summary.json").read_text()).get("warm_start_check"), WARM_START_MARGIN):
+        return True
+    k = 1
+    while folder.with_name(f"{folder.name}.stale{k}").exists():
+        k += 1
+    folder.rename(folder.with_name(f"{folder.name}.stale{k}"))
+    logger.info("%s seed %d: its warm start's check ends elsewhere with margin %g; redone (old run in %s.stale%d)",
+                arm, seed, WARM_START_MARGIN, folder.name, k)  # fmt: skip
+    return False
+
+
 def run_all(output_dir: Path, arms: list[str], seeds: list[int], jobs: int, extra: list[str]) -> list[str]:
-    """Run every missing (arm, seed), ``jobs`` at a time; returns the runs that failed."""
+    """Run every missing or stale (arm, seed), ``jobs`` at a time; returns the runs that failed."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    todo = [(arm, seed) for seed in seeds for arm in arms
-            if not (run_dir(output_dir, arm, seed) / "summary.json").is_file()]  # fmt: skip
+    todo = [(arm, seed) for seed in seeds for arm in arms if not finished(output_dir, arm, seed)]
     logger.info("%d runs to do (%d done already)", len(todo), len(arms) * len(seeds) - len(todo))
     failed = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
