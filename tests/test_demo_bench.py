@@ -52,7 +52,7 @@ def test_the_timelens_recipe_runs_every_stage_in_its_layout(tmp_path, monkeypatc
     assert report["config"]["timestamps"] == "interleaved" and summary["selection"]["used"]
 
 
-def write_run(root, arm, seed, stages, sft_ious, grpo_ious):
+def write_run(root, arm, seed, stages, sft_ious, grpo_ious, warm_steps=300):
     folder = demo_bench.run_dir(root, arm, seed)
     for stage, ious in (("sft", sft_ious), ("grpo", grpo_ious)):
         (folder / "eval" / stage).mkdir(parents=True)
@@ -62,6 +62,8 @@ def write_run(root, arm, seed, stages, sft_ious, grpo_ious):
     summary = {stage: {"R1@0.5": r1, "mIoU": miou} for stage, (r1, miou) in stages.items()}
     records = [[{"query_id": f"v{i}#0", "iou": iou} for i, iou in enumerate(ious)] for ious in (sft_ious, grpo_ious)]
     summary["grpo_vs_sft"] = {"mIoU_change": demo.paired_change(*records)}
+    summary["warm_start_check"] = {"validation_constant_R1@0.5": 22.0, "checks": [], "passed": True,
+                                   "steps": warm_steps}  # fmt: skip
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
@@ -69,7 +71,15 @@ def test_the_bench_table_from_runs_with_known_numbers(tmp_path, capsys):
     base = {"random": (0, 0), "constant": (20, 20), "blank": (10, 8)}
     # timezero: seed 1's warm start clears max(constant 20, blank 10) by 15 (R1@0.5 40), seed 2's does not (30).
     write_run(tmp_path, "timezero", 1, {**base, "sft": (40, 35), "grpo": (60, 50)}, [0.5, 0.0, 0.25], [1.0, 0.0, 0.5])
-    write_run(tmp_path, "timezero", 2, {**base, "sft": (30, 25), "grpo": (50, 45)}, [0.5, 0.5, 0.5], [0.5, 1.0, 0.5])
+    write_run(
+        tmp_path,
+        "timezero",
+        2,
+        {**base, "sft": (30, 25), "grpo": (50, 45)},
+        [0.5, 0.5, 0.5],
+        [0.5, 1.0, 0.5],
+        warm_steps=600,
+    )  # its check trained it on
     write_run(tmp_path, "timelens", 1, {**base, "sft": (45, 40), "grpo": (70, 55)}, [0.5, 0.0, 0.25], [1.0, 0.5, 0.5])
     # timelens seed 2 not finished: left out of its numbers.
     assert demo_bench.main(["--output_dir", str(tmp_path), "--arms", "timezero", "timelens", "--seeds", "1", "2",
@@ -86,6 +96,8 @@ def test_the_bench_table_from_runs_with_known_numbers(tmp_path, capsys):
     assert versus["standard_error"] == pytest.approx(round(stdev([0.0, 50.0, 0.0]) / 3**0.5, 2))
     text = (tmp_path / "bench.md").read_text()
     assert "| timezero | 2 | 1 of 2 | 35.0 (30.0–40.0) | 55.0 (50.0–60.0) |" in text
+    assert zero["warm_start_steps"] == {"per_seed": {"1": 300, "2": 600}, "min": 300, "median": 450.0, "max": 600}
+    assert text.splitlines()[2].endswith("| 450 (300–600) |")
     assert text in capsys.readouterr().out
 
 

@@ -133,6 +133,9 @@ def summarise(output_dir: Path, arms: list[str], seeds: list[int]) -> dict:
         clears = [s for s in done if summaries[s]["sft"]["R1@0.5"]
                   >= max(summaries[s]["constant"]["R1@0.5"], summaries[s]["blank"]["R1@0.5"]) + CLEAR_MARGIN]  # fmt: skip
         entry["warm_start_clears"] = {"count": len(clears), "of": len(done), "seeds": clears}
+        # Steps the warm start trained (its check's end; absent where no check ran).
+        steps = {str(s): (summaries[s].get("warm_start_check") or {}).get("steps") for s in done}
+        entry["warm_start_steps"] = {"per_seed": steps, **spread([v for v in steps.values() if v is not None])}
         gains = {s: summaries[s]["grpo_vs_sft"]["mIoU_change"] for s in done}
         entry["grpo_minus_sft"] = {"per_seed": {str(s): gains[s] for s in done},
                                    "median": median([g["mean"] for g in gains.values()]) if gains else None}  # fmt: skip
@@ -159,8 +162,9 @@ def markdown(table: dict) -> str:
 
     lines = [
         "| arm | seeds | warm start clears baselines by 15 | sft R1@0.5 | grpo R1@0.5 | sft mIoU | grpo mIoU | "
-        "grpo − sft mIoU (median; per seed ± paired SE) | grpo − timezero mIoU (median; per seed ± paired SE) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "grpo − sft mIoU (median; per seed ± paired SE) | grpo − timezero mIoU (median; per seed ± paired SE) | "
+        "warm-start steps (median; min–max) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, entry in table["arms"].items():
         stages = entry["stages"]
@@ -175,12 +179,14 @@ def markdown(table: dict) -> str:
             seeds = ", ".join(f"{v['mean']:+.1f}±{v['standard_error']:.1f}" for v in versus["per_seed"].values())
             against = f"{versus['median']:+.1f}; {seeds}"
         clears = entry["warm_start_clears"]
+        steps = entry["warm_start_steps"]
+        warm_steps = f"{steps['median']:g} ({steps['min']:g}–{steps['max']:g})" if "median" in steps else "–"
         lines.append(
             f"| {arm} | {len(entry['seeds_done'])} | {clears['count']} of {clears['of']} | "
             f"{triple(stages['sft']['R1@0.5'])} | {triple(stages['grpo']['R1@0.5'])} | {triple(stages['sft']['mIoU'])} "
             f"| {triple(stages['grpo']['mIoU'])} | "
             + (f"{gains['median']:+.1f}; {per_seed}" if gains["per_seed"] else "–")
-            + f" | {against} |"
+            + f" | {against} | {warm_steps} |"
         )
     return "\n".join(lines) + "\n"
 
