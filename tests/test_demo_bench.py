@@ -62,7 +62,11 @@ def write_run(root, arm, seed, stages, sft_ious, grpo_ious, warm_steps=300):
     summary = {stage: {"R1@0.5": r1, "mIoU": miou} for stage, (r1, miou) in stages.items()}
     records = [[{"query_id": f"v{i}#0", "iou": iou} for i, iou in enumerate(ious)] for ious in (sft_ious, grpo_ious)]
     summary["grpo_vs_sft"] = {"mIoU_change": demo.paired_change(*records)}
-    summary["warm_start_check"] = {"validation_constant_R1@0.5": 22.0, "checks": [], "passed": True,
+    # Its check failed every 150 steps from 300 on until it passed at warm_steps (threshold 22 + 25).
+    checks = [{"step": step, "score": 30.0} for step in range(300, warm_steps, 150)] + [
+        {"step": warm_steps, "score": 80.0}
+    ]
+    summary["warm_start_check"] = {"validation_constant_R1@0.5": 22.0, "checks": checks, "passed": True,
                                    "steps": warm_steps}  # fmt: skip
     (folder / "summary.json").write_text(json.dumps(summary))
 
@@ -97,7 +101,14 @@ def test_the_bench_table_from_runs_with_known_numbers(tmp_path, capsys):
     text = (tmp_path / "bench.md").read_text()
     assert "| timezero | 2 | 1 of 2 | 35.0 (30.0–40.0) | 55.0 (50.0–60.0) |" in text
     assert zero["warm_start_steps"] == {"per_seed": {"1": 300, "2": 600}, "min": 300, "median": 450.0, "max": 600}
-    assert text.splitlines()[2].endswith("| 450 (300–600) |")
+    assert text.splitlines()[2].endswith("| 450 (300–600) |") and zero["stale_seeds"] == []
+    # A run whose recorded check would end elsewhere under today's margin is marked in the table until redone.
+    summary = json.loads((tmp_path / "timezero" / "seed2" / "summary.json").read_text())
+    summary["warm_start_check"]["checks"][0]["score"] = 50.0  # would pass at 300, recorded to pass at 600
+    (tmp_path / "timezero" / "seed2" / "summary.json").write_text(json.dumps(summary))
+    demo_bench.main(["--output_dir", str(tmp_path), "--arms", "timezero", "--seeds", "1", "2", "--table"])
+    assert json.loads((tmp_path / "bench.json").read_text())["arms"]["timezero"]["stale_seeds"] == [2]
+    assert "| timezero | 2 (1 stale) | 1 of 2 |" in (tmp_path / "bench.md").read_text()
     assert text in capsys.readouterr().out
 
 

@@ -136,6 +136,14 @@ def summarise(output_dir: Path, arms: list[str], seeds: list[int]) -> dict:
         # Steps the warm start trained (its check's end; absent where no check ran).
         steps = {str(s): (summaries[s].get("warm_start_check") or {}).get("steps") for s in done}
         entry["warm_start_steps"] = {"per_seed": steps, **spread([v for v in steps.values() if v is not None])}
+        # Runs whose check would end elsewhere under today's margin (a --table before the bench redid them).
+        from open_r1.demo import WARM_START_MARGIN
+
+        entry["stale_seeds"] = [s for s in done if not check_still_holds(summaries[s].get("warm_start_check"),
+                                                                         WARM_START_MARGIN)]  # fmt: skip
+        if entry["stale_seeds"]:
+            logger.warning("%s: seeds %s ran under another warm-start margin (run the bench to redo them)", arm,
+                           entry["stale_seeds"])  # fmt: skip
         gains = {s: summaries[s]["grpo_vs_sft"]["mIoU_change"] for s in done}
         entry["grpo_minus_sft"] = {"per_seed": {str(s): gains[s] for s in done},
                                    "median": median([g["mean"] for g in gains.values()]) if gains else None}  # fmt: skip
@@ -181,8 +189,9 @@ def markdown(table: dict) -> str:
         clears = entry["warm_start_clears"]
         steps = entry["warm_start_steps"]
         warm_steps = f"{steps['median']:g} ({steps['min']:g}–{steps['max']:g})" if "median" in steps else "–"
+        stale = f" ({len(entry['stale_seeds'])} stale)" if entry.get("stale_seeds") else ""
         lines.append(
-            f"| {arm} | {len(entry['seeds_done'])} | {clears['count']} of {clears['of']} | "
+            f"| {arm} | {len(entry['seeds_done'])}{stale} | {clears['count']} of {clears['of']} | "
             f"{triple(stages['sft']['R1@0.5'])} | {triple(stages['grpo']['R1@0.5'])} | {triple(stages['sft']['mIoU'])} "
             f"| {triple(stages['grpo']['mIoU'])} | "
             + (f"{gains['median']:+.1f}; {per_seed}" if gains["per_seed"] else "–")
