@@ -8,10 +8,11 @@ CPU thread unless OMP_NUM_THREADS says otherwise; ``--jobs`` at a time). A run w
 again, so an interrupted bench resumes where it stopped, unless its warm start's check would end at another step under
 today's margin (:func:`check_still_holds`): then its folder is kept as ``seed<seed>.stale<k>`` and the run is redone.
 The arms (:data:`ARMS`) are the paper's recipe and the TimeLens changes one at a time, then together with
-difficulty-weighted data. The table (``bench.md`` and ``bench.json``) gives, per arm and stage, the min / median / max over seeds of held-out R1@0.5 and mIoU; how many
-seeds' warm starts clear both baselines (constant and blank) by :data:`CLEAR_MARGIN` R1@0.5; GRPO − warm start
-(mean over queries with its paired standard error, per seed, then the median); and the arm's GRPO − the ``timezero``
-arm's on the same seed and queries, with its paired standard error.
+difficulty-weighted data. The table (``bench.md`` and ``bench.json``) gives, per arm and stage, the min / median / max
+over seeds of held-out R1@0.5 and mIoU; how many seeds' warm starts clear both baselines (constant and blank) by
+:data:`CLEAR_MARGIN` R1@0.5, and the steps they trained; GRPO − warm start (mean over queries with its paired standard
+error, per seed, then the median); and the arm's GRPO − the ``timezero`` arm's on the same seed and queries, with its
+paired standard error. A run whose check would end elsewhere under today's margin is marked stale in the table.
 
 The default seeds 10-19 were used to choose nothing: the demo's settings come from seeds 0-5 and its validation split.
 One rule changed after seeds 10-14 ran: the warm start's check margin (``open_r1.demo.WARM_START_MARGIN``, 15 -> 25),
@@ -119,6 +120,7 @@ def spread(values: list[float]) -> dict:
 
 def summarise(output_dir: Path, arms: list[str], seeds: list[int]) -> dict:
     """The bench's numbers from the finished runs (a run without ``summary.json`` is left out and counted)."""
+    from open_r1.demo import WARM_START_MARGIN
     from open_r1.demo_report import paired_change
 
     table: dict = {"seeds": seeds, "arms": {}}
@@ -137,8 +139,6 @@ def summarise(output_dir: Path, arms: list[str], seeds: list[int]) -> dict:
         steps = {str(s): (summaries[s].get("warm_start_check") or {}).get("steps") for s in done}
         entry["warm_start_steps"] = {"per_seed": steps, **spread([v for v in steps.values() if v is not None])}
         # Runs whose check would end elsewhere under today's margin (a --table before the bench redid them).
-        from open_r1.demo import WARM_START_MARGIN
-
         entry["stale_seeds"] = [s for s in done if not check_still_holds(summaries[s].get("warm_start_check"),
                                                                          WARM_START_MARGIN)]  # fmt: skip
         if entry["stale_seeds"]:
