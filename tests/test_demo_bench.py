@@ -63,9 +63,8 @@ def write_run(root, arm, seed, stages, sft_ious, grpo_ious, warm_steps=300):
     records = [[{"query_id": f"v{i}#0", "iou": iou} for i, iou in enumerate(ious)] for ious in (sft_ious, grpo_ious)]
     summary["grpo_vs_sft"] = {"mIoU_change": demo.paired_change(*records)}
     # Its check failed every 150 steps from 300 on until it passed at warm_steps (threshold 22 + 25).
-    checks = [{"step": step, "score": 30.0} for step in range(300, warm_steps, 150)] + [
-        {"step": warm_steps, "score": 80.0}
-    ]
+    checks = [{"step": step, "score": 30.0} for step in range(300, warm_steps, 150)]
+    checks.append({"step": warm_steps, "score": 80.0})
     summary["warm_start_check"] = {"validation_constant_R1@0.5": 22.0, "checks": checks, "passed": True,
                                    "steps": warm_steps}  # fmt: skip
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -75,15 +74,9 @@ def test_the_bench_table_from_runs_with_known_numbers(tmp_path, capsys):
     base = {"random": (0, 0), "constant": (20, 20), "blank": (10, 8)}
     # timezero: seed 1's warm start clears max(constant 20, blank 10) by 15 (R1@0.5 40), seed 2's does not (30).
     write_run(tmp_path, "timezero", 1, {**base, "sft": (40, 35), "grpo": (60, 50)}, [0.5, 0.0, 0.25], [1.0, 0.0, 0.5])
-    write_run(
-        tmp_path,
-        "timezero",
-        2,
-        {**base, "sft": (30, 25), "grpo": (50, 45)},
-        [0.5, 0.5, 0.5],
-        [0.5, 1.0, 0.5],
-        warm_steps=600,
-    )  # its check trained it on
+    # seed 2's check trained it on to 600 steps.
+    write_run(tmp_path, "timezero", 2, {**base, "sft": (30, 25), "grpo": (50, 45)}, [0.5, 0.5, 0.5], [0.5, 1.0, 0.5],
+              warm_steps=600)  # fmt: skip
     write_run(tmp_path, "timelens", 1, {**base, "sft": (45, 40), "grpo": (70, 55)}, [0.5, 0.0, 0.25], [1.0, 0.5, 0.5])
     # timelens seed 2 not finished: left out of its numbers.
     assert demo_bench.main(["--output_dir", str(tmp_path), "--arms", "timezero", "timelens", "--seeds", "1", "2",
