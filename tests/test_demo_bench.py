@@ -52,7 +52,7 @@ def test_the_timelens_recipe_runs_every_stage_in_its_layout(tmp_path, monkeypatc
     assert report["config"]["timestamps"] == "interleaved" and summary["selection"]["used"]
 
 
-def write_run(root, arm, seed, stages, sft_ious, grpo_ious, warm_steps=300):
+def write_run(root, arm, seed, stages, sft_ious, grpo_ious, warm_steps=300, seconds=100.0):
     folder = demo_bench.run_dir(root, arm, seed)
     for stage, ious in (("sft", sft_ious), ("grpo", grpo_ious)):
         (folder / "eval" / stage).mkdir(parents=True)
@@ -62,6 +62,7 @@ def write_run(root, arm, seed, stages, sft_ious, grpo_ious, warm_steps=300):
     summary = {stage: {"R1@0.5": r1, "mIoU": miou} for stage, (r1, miou) in stages.items()}
     records = [[{"query_id": f"v{i}#0", "iou": iou} for i, iou in enumerate(ious)] for ious in (sft_ious, grpo_ious)]
     summary["grpo_vs_sft"] = {"mIoU_change": demo.paired_change(*records)}
+    summary["seconds"] = seconds
     # Its check failed every 150 steps from 300 on until it passed at warm_steps (threshold 22 + 25).
     checks = [{"step": step, "score": 30.0} for step in range(300, warm_steps, 150)]
     checks.append({"step": warm_steps, "score": 80.0})
@@ -76,7 +77,7 @@ def test_the_bench_table_from_runs_with_known_numbers(tmp_path, capsys):
     write_run(tmp_path, "timezero", 1, {**base, "sft": (40, 35), "grpo": (60, 50)}, [0.5, 0.0, 0.25], [1.0, 0.0, 0.5])
     # seed 2's check trained it on to 600 steps.
     write_run(tmp_path, "timezero", 2, {**base, "sft": (30, 25), "grpo": (50, 45)}, [0.5, 0.5, 0.5], [0.5, 1.0, 0.5],
-              warm_steps=600)  # fmt: skip
+              warm_steps=600, seconds=400.0)  # fmt: skip
     write_run(tmp_path, "timelens", 1, {**base, "sft": (45, 40), "grpo": (70, 55)}, [0.5, 0.0, 0.25], [1.0, 0.5, 0.5])
     # timelens seed 2 not finished: left out of its numbers.
     assert demo_bench.main(["--output_dir", str(tmp_path), "--arms", "timezero", "timelens", "--seeds", "1", "2",
@@ -95,6 +96,11 @@ def test_the_bench_table_from_runs_with_known_numbers(tmp_path, capsys):
     assert "| timezero | 2 | 1 of 2 | 35.0 (30.0–40.0) | 55.0 (50.0–60.0) |" in text
     assert zero["warm_start_steps"] == {"per_seed": {"1": 300, "2": 600}, "min": 300, "median": 450.0, "max": 600}
     assert text.splitlines()[2].endswith("| 450 (300–600) |") and zero["stale_seeds"] == []
+    # Last validation check (80 in every fixture run) − held-out sft R1@0.5 (40, 30, 45); wall times 100, 400, 100.
+    assert table["validation_minus_held_out"] == {"runs": 3, "sd": pytest.approx(stdev([40.0, 50.0, 35.0])),
+                                                  "min": 35.0, "median": 40.0, "max": 50.0}  # fmt: skip
+    assert "over 3 runs: SD 7.64 (+35.00 to +50.00)." in text
+    assert "Wall time per run: 100–400 s (median 100 s)." in text
     # A run whose recorded check would end elsewhere under today's margin is marked in the table until redone.
     summary = json.loads((tmp_path / "timezero" / "seed2" / "summary.json").read_text())
     summary["warm_start_check"]["checks"][0]["score"] = 50.0  # would pass at 300, recorded to pass at 600

@@ -28,7 +28,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from statistics import median
+from statistics import median, stdev
 
 logger = logging.getLogger("open_r1.demo_bench")
 
@@ -124,9 +124,14 @@ def summarise(output_dir: Path, arms: list[str], seeds: list[int]) -> dict:
     from open_r1.demo_report import paired_change
 
     table: dict = {"seeds": seeds, "arms": {}}
+    gaps, seconds = [], []  # over every finished run of every arm
     for arm in arms:
         done = [seed for seed in seeds if (run_dir(output_dir, arm, seed) / "summary.json").is_file()]
         summaries = {s: json.loads((run_dir(output_dir, arm, s) / "summary.json").read_text()) for s in done}
+        for summary in summaries.values():
+            seconds.append(summary["seconds"])
+            if (summary.get("warm_start_check") or {}).get("checks"):
+                gaps.append(summary["warm_start_check"]["checks"][-1]["score"] - summary["sft"]["R1@0.5"])
         entry: dict = {"seeds_done": done, "stages": {}}
         for stage in STAGES:
             entry["stages"][stage] = {
@@ -159,6 +164,11 @@ def summarise(output_dir: Path, arms: list[str], seeds: list[int]) -> dict:
                 "median": median([v["mean"] for v in versus.values()]) if versus else None,
             }
         table["arms"][arm] = entry
+    # How far a validation score says something about held-out queries: the warm start's last check minus its
+    # held-out R1@0.5, per run; and the runs' wall time.
+    table["validation_minus_held_out"] = {"runs": len(gaps), "sd": stdev(gaps) if len(gaps) > 1 else None,
+                                          **spread(gaps)}  # fmt: skip
+    table["seconds"] = {"runs": len(seconds), **spread(seconds)}
     return table
 
 
@@ -196,6 +206,14 @@ def markdown(table: dict) -> str:
             f"| {triple(stages['grpo']['mIoU'])} | "
             + (f"{gains['median']:+.1f}; {per_seed}" if gains["per_seed"] else "–")
             + f" | {against} | {warm_steps} |"
+        )
+    gap, seconds = table.get("validation_minus_held_out", {}), table.get("seconds", {})
+    if gap.get("sd") is not None:
+        lines.append(f"\nWarm start's last validation check − its held-out R1@0.5 over {gap['runs']} runs: SD "
+                     f"{gap['sd']:.2f} ({gap['min']:+.2f} to {gap['max']:+.2f}).")  # fmt: skip
+    if seconds.get("runs"):
+        lines.append(
+            f"Wall time per run: {seconds['min']:.0f}–{seconds['max']:.0f} s (median {seconds['median']:.0f} s)."
         )
     return "\n".join(lines) + "\n"
 
